@@ -1,0 +1,82 @@
+"""Command line: `python -m core <command> ...` (a contract: tests and scripts rely on it).
+
+Each command lives in a small module exposing `register(subparsers)`; a bad value exits
+with status 2 and one line on stderr naming it and the valid choices. `--json` prints
+JSON on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+
+from core.errors import ScheduleLabError
+
+COMMAND_MODULES = ["core.cli.basic", "core.cli.train", "core.cli.optimize", "core.cli.curves",
+                   "core.cli.images"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad value on one line (no usage dump)."""
+
+    def error(self, message):
+        sys.stderr.write(f"error: {self.prog}: {message}\n")
+        raise SystemExit(2)
+
+
+def parse_params(items) -> dict:
+    """['rho=7', 'c=0.5'] -> {'rho': 7.0, 'c': 0.5} (numbers when they parse, else strings)."""
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise ScheduleLabError(f"--param {it!r} must look like key=value")
+        k, v = it.split("=", 1)
+        try:
+            out[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def _clean(o):
+    """NaN / inf -> None so the output is strict JSON."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def emit(obj, as_json: bool, text: str | None = None) -> None:
+    """Print strict JSON (stdout; NaN -> null) or a human text."""
+    if as_json:
+        print(json.dumps(_clean(obj), indent=1, default=float))
+    else:
+        print(text if text is not None else json.dumps(obj, indent=1, default=float))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m core", description="Schedule Lab engine")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    for mod in COMMAND_MODULES:
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name == mod:
+                continue
+            raise
+        m.register(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ScheduleLabError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2

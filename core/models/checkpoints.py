@@ -1,0 +1,65 @@
+"""Safe weight loading: safetensors, or torch.load(weights_only=True); clear errors otherwise."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from core.errors import ScheduleLabError
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKPOINTS = ROOT / "checkpoints"
+
+
+def save_weights(module: torch.nn.Module, path, metadata: dict) -> None:
+    """Save a state dict as safetensors with a JSON `config` entry in the header."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    save_file(sd, str(path), metadata={"config": json.dumps(metadata)})
+
+
+def read_metadata(path) -> dict:
+    path = _check_file(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads((f.metadata() or {}).get("config", "{}"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ScheduleLabError(f"checkpoint {str(path)!r} is corrupt or not safetensors ({e}); "
+                               "re-train it or restore it from git") from None
+
+
+def load_state_dict(path) -> dict:
+    """Tensors from a .safetensors file, or a .pt/.pth/.bin via torch.load(weights_only=True).
+
+    A pickle that needs arbitrary code is refused: convert it to safetensors first."""
+    path = _check_file(path)
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ScheduleLabError(f"checkpoint {str(path)!r} is corrupt or not safetensors ({e}); "
+                                   "re-train it or restore it from git") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError, RuntimeError, EOFError ...
+        raise ScheduleLabError(
+            f"cannot load {str(path)!r} safely with torch.load(weights_only=True): {str(e).splitlines()[0]}. "
+            "Schedule Lab refuses pickles that run code; save a plain state dict "
+            "(torch.save(model.state_dict(), ...)) or a .safetensors file") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ScheduleLabError(f"{str(path)!r} does not hold a state dict of tensors")
+    return obj
+
+
+def _check_file(path) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise ScheduleLabError(f"checkpoint {str(p)!r} not found; train it (python -m core train-toy / "
+                               "train-images) or put the file there")
+    return p

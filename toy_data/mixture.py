@@ -1,0 +1,178 @@
+"""Gaussian mixtures with exact noisy densities, denoisers and scores.
+
+Every toy is a mixture  p(x0) = sum_k w_k N(x0; mu_k, Sigma_k), so the noisy marginal
+p_sigma = p * N(0, sigma^2 I) is the mixture with covariances Sigma_k + sigma^2 I, and
+
+    D(x, sigma) = E[x0 | x] = sum_k r_k(x) (mu_k + Sigma_k (Sigma_k + sigma^2 I)^-1 (x - mu_k))
+
+with responsibilities r_k from a log-sum-exp. Each Sigma_k = U_k diag(l_k) U_k^T is
+eigendecomposed once, so every per-sample sigma costs O(K d^2) with no solves; all maths
+runs in float64.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from core.errors import ScheduleLabError
+
+
+class GaussianMixture:
+    """A validated Gaussian mixture in d dimensions.
+
+    Args:
+        weights: [K] positive, summing to 1 (within 1e-6).
+        means: [K, d].
+        covariances: [K, d, d] symmetric positive-definite.
+        name: registry name.
+    """
+
+    def __init__(self, weights, means, covariances, name: str = "mixture"):
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        mu = torch.as_tensor(means, dtype=torch.float64)
+        cov = torch.as_tensor(covariances, dtype=torch.float64)
+        _validate(w, mu, cov, name)
+        self.name = name
+        self.weights, self.means, self.covariances = w, mu, cov
+        self.evals, self.evecs = torch.linalg.eigh(cov)            # [K, d], [K, d, d]
+        self.log_weights = w.log()
+
+    # ---- basic properties -------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.means.device
+
+    def mean(self) -> torch.Tensor:
+        return self.weights @ self.means
+
+    def covariance(self) -> torch.Tensor:
+        """Total covariance [d, d] (law of total variance)."""
+        m = self.mean()
+        within = torch.einsum("k,kij->ij", self.weights, self.covariances)
+        dm = self.means - m
+        return within + torch.einsum("k,ki,kj->ij", self.weights, dm, dm)
+
+    def std(self) -> float:
+        """Root-mean per-coordinate standard deviation, sqrt(trace(Cov) / d)."""
+        return math.sqrt(float(torch.trace(self.covariance())) / self.dim)
+
+    def to(self, device) -> "GaussianMixture":
+        out = GaussianMixture.__new__(GaussianMixture)
+        out.name = self.name
+        for k in ("weights", "means", "covariances", "evals", "evecs", "log_weights"):
+            setattr(out, k, getattr(self, k).to(device))
+        return out
+
+    # ---- sampling -----------------------------------------------------------------------
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               sigma: float = 0.0) -> torch.Tensor:
+        """n samples [n, d] float64 of p_sigma (sigma = 0: the data)."""
+        dev = self.device
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, dtype=torch.float64, device=dev, generator=generator)
+        scale = self.evecs[k] * self.evals[k].clamp_min(0).sqrt().unsqueeze(1)   # U sqrt(L)
+        x = self.means[k] + torch.einsum("nij,nj->ni", scale, z)
+        if sigma > 0:
+            x = x + sigma * torch.randn(n, self.dim, dtype=torch.float64, device=dev,
+                                        generator=generator)
+        return x
+
+    # ---- exact noisy density, denoiser, score ---------------------------------------------
+    def _component_terms(self, x: torch.Tensor, sigma: torch.Tensor):
+        """y = U^T (x - mu) [B, K, d], var = l + sigma^2 [B, K, d], log N terms [B, K]."""
+        x = x.to(torch.float64)
+        s2 = _sigma_b(sigma, x).pow(2).reshape(-1, 1, 1)
+        y = torch.einsum("kji,bkj->bki", self.evecs, x.unsqueeze(1) - self.means)
+        var = self.evals.unsqueeze(0) + s2
+        logn = -0.5 * ((y * y / var).sum(-1) + var.log().sum(-1) + self.dim * math.log(2 * math.pi))
+        return y, var, logn
+
+    def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+        """log p_sigma(x), [B] float64. x: [B, d]; sigma: float or [B]."""
+        _, _, logn = self._component_terms(x, sigma)
+        return torch.logsumexp(logn + self.log_weights, dim=1)
+
+    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Exact posterior mean E[x0 | x0 + sigma eps = x], [B, d] float64."""
+        y, var, logn = self._component_terms(x, sigma)
+        r = torch.softmax(logn + self.log_weights, dim=1)                       # [B, K]
+        shrunk = y * (self.evals.unsqueeze(0) / var)                             # [B, K, d]
+        post = self.means + torch.einsum("kij,bkj->bki", self.evecs, shrunk)   # [B, K, d]
+        return torch.einsum("bk,bki->bi", r, post)
+
+    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """grad_x log p_sigma(x) = (D - x) / sigma^2, [B, d] float64 (sigma > 0)."""
+        s = _sigma_b(sigma, x.to(torch.float64)).unsqueeze(1)
+        return (self.denoise(x, sigma) - x.to(torch.float64)) / s ** 2
+
+    # ---- (de)serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"name": self.name, "weights": self.weights.tolist(), "means": self.means.tolist(),
+                "covariances": self.covariances.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict, name: str | None = None) -> "GaussianMixture":
+        missing = [k for k in ("weights", "means", "covariances") if k not in d]
+        if missing:
+            raise ScheduleLabError(
+                f"mixture file lacks {missing}; expected keys weights [K], means [K][d], "
+                "covariances [K][d][d]")
+        try:
+            return cls(d["weights"], d["means"], d["covariances"], name=name or d.get("name", "custom"))
+        except (TypeError, RuntimeError) as e:  # ragged lists, non-numbers
+            raise ScheduleLabError(f"mixture arrays are malformed ({e}); expected weights [K], "
+                                   "means [K][d], covariances [K][d][d] of numbers") from None
+
+    @classmethod
+    def from_json(cls, path) -> "GaussianMixture":
+        p = Path(path)
+        if not p.is_file():
+            raise ScheduleLabError(f"mixture file {str(p)!r} not found; pass a JSON file with "
+                                   "weights, means, covariances")
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ScheduleLabError(f"mixture file {str(p)!r} is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ScheduleLabError(f"mixture file {str(p)!r} must hold a JSON object")
+        return cls.from_dict(d, name=d.get("name", p.stem))
+
+
+def _sigma_b(sigma, x: torch.Tensor) -> torch.Tensor:
+    s = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
+    return s.expand(x.shape[0]) if s.ndim == 0 else s.reshape(-1)
+
+
+def _validate(w, mu, cov, name):
+    if w.ndim != 1 or mu.ndim != 2 or cov.ndim != 3:
+        raise ScheduleLabError(f"mixture {name!r}: need weights [K], means [K][d], covariances "
+                               f"[K][d][d]; got shapes {list(w.shape)}, {list(mu.shape)}, {list(cov.shape)}")
+    K, d = mu.shape
+    if w.shape[0] != K or cov.shape != (K, d, d):
+        raise ScheduleLabError(f"mixture {name!r}: {w.shape[0]} weights, {K} means and covariances "
+                               f"of shape {list(cov.shape)} do not agree (want [K], [K][d], [K][d][d])")
+    for label, t in (("weights", w), ("means", mu), ("covariances", cov)):
+        if not torch.isfinite(t).all():
+            raise ScheduleLabError(f"mixture {name!r}: {label} contain NaN or inf")
+    if (w <= 0).any():
+        raise ScheduleLabError(f"mixture {name!r}: weights must be positive; got min {float(w.min()):.3g}")
+    if abs(float(w.sum()) - 1) > 1e-6:
+        raise ScheduleLabError(f"mixture {name!r}: weights sum to {float(w.sum()):.9g}, not 1 (within 1e-6)")
+    if not torch.allclose(cov, cov.transpose(1, 2), atol=1e-9, rtol=1e-7):
+        raise ScheduleLabError(f"mixture {name!r}: covariances must be symmetric")
+    ev = torch.linalg.eigvalsh(cov)
+    if (ev <= 0).any():
+        k = int((ev <= 0).any(1).nonzero()[0])
+        raise ScheduleLabError(f"mixture {name!r}: covariance {k} is not positive-definite "
+                               f"(smallest eigenvalue {float(ev[k].min()):.3g})")

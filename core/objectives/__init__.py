@@ -1,0 +1,1 @@
+"""Per-interval costs: KLUB (AYS), Stein cost (score-optimal), truncation bound (DM-NonUniform)."""

@@ -14,7 +14,7 @@ import sys
 
 from core.errors import ScheduleLabError
 
-COMMAND_MODULES = ["core.cli.basic", "core.cli.train", "core.cli.optimize", "core.cli.curves",
+COMMAND_MODULES = ["core.cli.basic", "core.cli.train", "core.cli.optimize",
                    "core.cli.images"]
 
 

@@ -75,6 +75,7 @@ class DiscreteVP:
         self.alphas_cumprod = abar
         self.sigmas = np.sqrt((1 - abar) / abar)                    # ascending in the step i
         self.log_sigmas = torch.tensor(np.log(self.sigmas), dtype=torch.float64)
+        self._on_device = {}                                           # device -> log_sigmas copy
 
     @classmethod
     def from_config(cls, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
@@ -116,7 +117,9 @@ class DiscreteVP:
 
     def t_torch(self, sigma: torch.Tensor) -> torch.Tensor:
         """Fractional step in [0, N-1] (float64): linear interpolation in log sigma, clamped."""
-        ls = self.log_sigmas.to(sigma.device)
+        ls = self._on_device.get(sigma.device)
+        if ls is None:
+            ls = self._on_device.setdefault(sigma.device, self.log_sigmas.to(sigma.device))
         log_s = sigma.to(torch.float64).clamp_min(1e-10).log()
         low = (torch.searchsorted(ls, log_s, right=True) - 1).clamp(0, ls.numel() - 2)
         w = ((log_s - ls[low]) / (ls[low + 1] - ls[low])).clamp(0, 1)

@@ -21,6 +21,12 @@ def vp_linear_sigma(t, bmin=0.1, bmax=20.0):
     return np.sqrt(np.expm1(0.5 * (bmax - bmin) * t ** 2 + bmin * t))
 
 
+def vp_cosine_sigma(t, s=0.008):
+    f = lambda u: np.cos((u + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    abar = f(t) / f(0.0)
+    return np.sqrt((1 - abar) / abar)
+
+
 class GaussianNet(torch.nn.Module):
     """Exact E[target | input] for x0 ~ N(0, C^2 I), as a function of (scaled x, time) only."""
 
@@ -64,6 +70,7 @@ CASES = {   # name: (process, time_input, extra kw, sigma(t) of the network, vp 
                    vp_linear_sigma, True, np.array([0.01, 0.3, 2.0, 40.0, 150.0])),
     "continuous*999": ("vp-linear", "continuous", {"time_scale": 999}, lambda t: vp_linear_sigma(t / 999), True,
                        np.array([0.01, 0.3, 2.0, 40.0])),
+    "vp-cosine": ("vp-cosine", "continuous", {}, vp_cosine_sigma, True, np.array([0.01, 0.3, 2.0, 40.0, 150.0])),
     "edm": ({"kind": "edm"}, "continuous", {}, lambda t: t, False, np.array([0.002, 0.5, 5.0, 80.0])),
     "callable": ("edm", lambda s: 0.25 * s.log(), {}, lambda t: np.exp(4 * t), False, np.array([0.01, 1.0, 60.0])),
 }
@@ -128,7 +135,7 @@ def test_bad_names_and_incompatible_options_are_rejected():
     for kw in (dict(parametrization="noise"), dict(time_input="steps"), dict(process="ve-nope"),
                dict(time_input="continuous"), dict(process="vp-linear", time_input="index"),
                dict(time_scale=2.0), dict(input_scaling="weird"), dict(display="gamma"),
-               dict(process={"kind": "discrete", "betas": [0.5, 1.5]})):
+               dict(process={"kind": "discrete", "betas": [0.5, 1.5]}), dict(data_range=(1, -1))):
         args = dict(parametrization="eps", process="discrete", time_input="index", event_shape=(1, 4, 4)) | kw
         with pytest.raises(ScheduleLabError):
             wrap_module(net, **args)

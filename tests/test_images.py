@@ -133,6 +133,7 @@ def test_cli_images_writes_png_and_json(tmp_path, monkeypatch, capsys):
 
     from core.cli import main
     monkeypatch.setattr(im, "CACHE", tmp_path)
+    monkeypatch.setitem(im.REFERENCE, "steps", 15)
     out = tmp_path / "grid.png"
     rc = main(["images", "--model", "digits", "--schedule", "karras", "--steps", "5", "--solver", "dpmpp_2m",
                "--n", "16", "--seed", "2", "--out", str(out), "--json"])

@@ -24,6 +24,8 @@ def register_images(sub):
                    help="fraction of training images shifted by one pixel (augmentation; default 0)")
     p.add_argument("--out", default=None, help="output .safetensors (default checkpoints/digits/unet.safetensors)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--card", action="store_true", help="(re)write checkpoints/digits/CARD.md after training")
+    p.add_argument("--card-only", action="store_true", help="only (re)write CARD.md from the shipped checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_train_images)
@@ -49,6 +51,11 @@ def _train_images(a):
         elif not (a.quiet or a.json):
             print(f"step {r['step']:6d}  loss {r['loss']:.4f}  lr {r['lr']:.2e}  {r['seconds']:7.0f} s",
                   file=sys.stderr, flush=True)
+    if a.card_only:
+        from core.train.images import write_card
+        card = write_card()
+        emit({"card": str(card)}, a.json, f"wrote {card}")
+        return 0
     if a.name == "classifier":
         from core.train.images import train_classifier
         rec = train_classifier(a.out, seed=a.seed, progress=progress)
@@ -57,6 +64,9 @@ def _train_images(a):
     rec = train_digits(a.out or DIGITS_CHECKPOINT, steps=a.steps, minutes=a.minutes, seed=a.seed,
                        progress=progress, **over)
     rec.pop("loss_curve")
+    if a.card:
+        from core.train.images import write_card
+        rec["card"] = str(write_card())
     emit(rec, a.json, f"{rec['steps']} steps in {rec['seconds']} s -> {rec['path']}")
     return 0
 

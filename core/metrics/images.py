@@ -209,12 +209,13 @@ REFERENCE = {"solver": "heun", "schedule": "karras", "steps": 50}   # 99 NFE
 
 
 def reference_samples(model, n: int, seed: int = 0, sigma_max: float | None = None,
-                      steps: int = REFERENCE["steps"], cache: bool = True) -> torch.Tensor:
-    """Many-step Heun / EDM (rho = 7) samples from the same initial noise as `sample_images`
-    (seed, sigma_0 = sigma_max); cached on disk under .cache/schedule_lab/reference/."""
+                      steps: int | None = None, cache: bool = True) -> torch.Tensor:
+    """Many-step Heun / EDM (rho = 7) samples (REFERENCE["steps"] steps unless given) from the same
+    initial noise as `sample_images` (seed, sigma_0 = sigma_max); cached under CACHE/reference/."""
     from safetensors.torch import load_file, save_file
 
     from core.schedules import make_schedule
+    steps = int(steps or REFERENCE["steps"])
     smax = float(sigma_max or model.sigma_max)
     sched = make_schedule(REFERENCE["schedule"], steps, model.sigma_min, smax)
     key = f"{model_fingerprint(model)}_n{n}_s{seed}_k{steps}_{smax:g}"

@@ -231,6 +231,24 @@ def quality_report(model, n: int = 1000, seeds=(0, 1, 2)) -> dict:
     return out
 
 
+@torch.no_grad()
+def denoiser_accuracy(model, sigmas=(0.5, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0), n: int = 96, seed: int = 2) -> list:
+    """[(sigma, RMS(D - exact posterior mean of the train set), RMS(exact - mean image))] on held-out digits."""
+    from core.data.digits import load_digits_split
+    d = load_digits_split()
+    X = d.train_x.flatten(1).double()
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for s in sigmas:
+        x = d.test_x[:n] + s * torch.randn(d.test_x[:n].shape, generator=g)
+        w = torch.softmax(-torch.cdist(x.flatten(1).double(), X) ** 2 / (2 * s * s), dim=1)
+        exact = w @ X
+        den = model(x, s).flatten(1).double()
+        rows.append((s, float((den - exact).square().mean(1).sqrt().mean()),
+                     float((exact - X.mean(0)).square().mean(1).sqrt().mean())))
+    return rows
+
+
 def _spark(values) -> str:
     bars = "▁▂▃▄▅▆▇█"
     lo, hi = min(values), max(values)
@@ -288,7 +306,8 @@ def write_card(folder=None, n: int = 1000, seeds=(0, 1, 2)) -> Path:
         + "uncontended, 2 threads run a step in about 0.2-0.25 s (about 15 min for 4,000 steps), inside the "
         "45-minute budget.",
         "- bitwise reproducible for the same seed, step count and thread count.", "",
-        f"Loss curve (mean EDM loss per {curve[0][0]} steps): `{_spark([c[1] for c in curve])}`", "",
+        f"Loss curve (mean EDM loss per {curve[0][0]} steps, log scale, from step {curve[1][0]}): "
+        f"`{_spark([math.log(c[1]) for c in curve[1:]])}`", "",
         "| step | loss | wall s |", "|---|---|---|"] + [f"| {c[0]} | {c[1]:.4f} | {c[2]:.0f} |" for c in pick] + [
         "",
         "## Metric classifier",
@@ -311,6 +330,17 @@ def write_card(folder=None, n: int = 1000, seeds=(0, 1, 2)) -> Path:
         + ", ".join(f"{v:.3f}" for v in q["class_balance_mean"]) + ".", "",
         "![samples](samples.png)", "",
         "First 100 reference samples (seed 0). Regenerate this card: `python -m core train-images digits --card-only`.",
+        "", "## Denoiser accuracy by noise level",
+        "RMS (per pixel, data units) between D(x0 + sigma n, sigma) on 96 held-out digits and the exact "
+        "posterior mean of the training set (a mixture of its 1,347 images), and between that exact "
+        "posterior mean and the mean training image:", "",
+        "| sigma | RMS(D - exact) | RMS(exact - mean image) |", "|---|---|---|"] + [
+        f"| {s:g} | {e:.3f} | {m:.3f} |" for s, e, m in denoiser_accuracy(model)] + [
+        "", "Below sigma ~ 2 the exact training-set posterior snaps to the nearest training image "
+        "(memorisation), so a model that generalises differs from it by design. Above sigma ~ 20 the network is rarely trained (ln sigma ~ N(-1.2, 1.2^2) puts 0.02 % of its "
+        "samples above sigma = 20), so D drifts from the exact answer there; samplers barely notice, since "
+        "at those levels the state is almost all noise (a D error e moves the first DPM-Solver++ step by "
+        "about (1 - sigma_1 / sigma_0) e).",
     ]
     card = folder / "CARD.md"
     card.write_text("\n".join(lines) + "\n")

@@ -174,3 +174,52 @@ def test_cli_models_and_bad_input(capsys):
     assert "solver" in capsys.readouterr().err
     assert main(["images", "--model", "digits", "--schedule", "karras", "--steps", "5",
                  "--solver", "euler", "--out", "x.jpg"]) == 2
+
+
+def test_registry_resolvers_dispatch_and_filter_options(monkeypatch):
+    from core.models import registry
+    monkeypatch.setattr(registry, "RESOLVERS", dict(registry.RESOLVERS))
+    registry.register_resolver("probe", lambda s, o: s.startswith("probe:"), lambda s, d, **kw: (s, d, kw),
+                               "probe:NAME", options=("weights",), first=True)      # before `module`'s "a:b"
+    assert list(registry.RESOLVERS)[0] == "probe"
+    assert registry.load_model("probe:x", weights="w.pt", params={"a": 1}) == ("probe:x", "cpu", {"weights": "w.pt"})
+    assert registry.load_model("digits") is registry.load_model("digits")        # shipped models are cached
+    assert "digits" in registry.model_names()
+
+
+TINY = '''
+import torch
+
+class Tiny(torch.nn.Module):
+    """x0-predictor returning zeros: D = 0, so every ODE sample is exactly 0 (a property to check)."""
+    schedule_lab = {"parametrization": "x0", "process": "edm", "time_input": "continuous", "shape": "1,4,4",
+                    "input_scaling": "none"}
+
+    def __init__(self, hidden=2):
+        super().__init__()
+        self.lin = torch.nn.Linear(hidden, hidden)
+
+    def forward(self, x, t):
+        return torch.zeros_like(x)
+'''
+
+
+def test_cli_images_with_a_module_spec(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("core.models.user_model")
+    from PIL import Image
+
+    from core.cli import main
+    monkeypatch.setattr(im, "CACHE", tmp_path)
+    (tmp_path / "tiny.py").write_text(TINY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+    torch.save(importlib.import_module("tiny").Tiny(hidden=3).state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "t.png"
+    rc = main(["images", "--model", f"{tmp_path / 'tiny.py'}:Tiny", "--weights", str(tmp_path / "w.pt"),
+               "--param", "hidden=3", "--schedule", "karras", "--steps", "3", "--solver", "euler", "--n", "4",
+               "--out", str(out), "--json"])
+    assert rc == 0, capsys.readouterr().err
+    r = json.loads(capsys.readouterr().out)
+    assert r["nfe"] == 3 and r["fd"] is None and r["confidence"] is None      # digit metrics: digits only
+    assert r["ref_error"] < 1e-6                                              # D = 0: both samples are 0
+    assert Image.open(out).size == (4 * (2 * 5 + 1),) * 2

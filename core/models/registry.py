@@ -58,9 +58,17 @@ MODELS: dict[str, ModelEntry] = {
 RESOLVERS: dict[str, Resolver] = {}
 
 
-def register_resolver(kind: str, match, load, help: str, options: tuple = ()) -> None:
-    """Add (or replace) a resolver; later registrations are tried after earlier ones."""
-    RESOLVERS[kind] = Resolver(kind, match, load, help, tuple(options))
+def register_resolver(kind: str, match, load, help: str, options: tuple = (), first: bool = False) -> None:
+    """Add (or replace) a resolver; it is tried after the existing ones, or before them with first=True
+    (for a spec form that a broader resolver, e.g. `module`'s "a:b", would otherwise claim)."""
+    RESOLVERS.pop(kind, None)
+    r = Resolver(kind, match, load, help, tuple(options))
+    if first:
+        rest = dict(RESOLVERS)
+        RESOLVERS.clear()
+        RESOLVERS.update({kind: r, **rest})
+    else:
+        RESOLVERS[kind] = r
 
 
 def model_names() -> tuple:

@@ -279,8 +279,13 @@ class AYSOptimizer(Optimizer):
         if not isinstance(steps, int) or steps < 2:
             raise ScheduleLabError(f"result steps must be an integer >= 2; got {steps!r}")
         f = self.finest()
-        s = f if steps == f.steps else resample_loglinear(f, steps)
-        return Schedule(s.sigmas, name="ays", params={**self._params(), "finest_sigmas": list(f.sigmas)})
+        lv = list(f.sigmas[:-1])
+        if (len(lv) - 1) % (steps - 1) == 0:           # nested stage: take its points exactly
+            lv = lv[:: (len(lv) - 1) // (steps - 1)]
+        else:
+            lv = list(resample_loglinear(f, steps).sigmas[:-1])
+            lv[0], lv[-1] = f.sigmas[0], f.sigmas[-2]    # ends exact (no exp(log(x)) round-off)
+        return Schedule(tuple(lv) + (0.0,), name="ays", params={**self._params(), "finest_sigmas": list(f.sigmas)})
 
     @property
     def history(self) -> list:

@@ -54,6 +54,13 @@ def subdivide(levels: list) -> list:
     return out
 
 
+def resample_exact_ends(schedule: Schedule, steps: int) -> Schedule:
+    """core.schedules.resample_loglinear with sigma_max and sigma_min kept bit-exact."""
+    lv = list(resample_loglinear(schedule, steps).sigmas[:-1])
+    lv[0], lv[-1] = schedule.sigmas[0], schedule.sigmas[-2]
+    return Schedule(tuple(lv) + (0.0,), name=schedule.name, params=schedule.params, solver=schedule.solver)
+
+
 def candidates(lo: torch.Tensor, hi: torch.Tensor, current: torch.Tensor, k: int) -> torch.Tensor:
     """[P, k + 1]: the current value first, then k values log-spaced strictly inside (lo, hi)."""
     frac = torch.arange(1, k + 1, dtype=torch.float64) / (k + 1)
@@ -129,7 +136,7 @@ class AYSOptimizer(Optimizer):
     def _start_schedule(self, start, sigma_min, sigma_max) -> Schedule:
         n0 = self.stages[0]
         if isinstance(start, Schedule):
-            return start if start.steps == n0 else resample_loglinear(start, n0)
+            return start if start.steps == n0 else resample_exact_ends(start, n0)
         if not isinstance(start, str):
             raise ScheduleLabError(f"AYS start must be a schedule name or a Schedule; got {type(start).__name__}")
         smin = float(sigma_min if sigma_min is not None else getattr(self.model, "sigma_min", 0.002))
@@ -283,8 +290,7 @@ class AYSOptimizer(Optimizer):
         if (len(lv) - 1) % (steps - 1) == 0:           # nested stage: take its points exactly
             lv = lv[:: (len(lv) - 1) // (steps - 1)]
         else:
-            lv = list(resample_loglinear(f, steps).sigmas[:-1])
-            lv[0], lv[-1] = f.sigmas[0], f.sigmas[-2]    # ends exact (no exp(log(x)) round-off)
+            lv = list(resample_exact_ends(f, steps).sigmas[:-1])
         return Schedule(tuple(lv) + (0.0,), name="ays", params={**self._params(), "finest_sigmas": list(f.sigmas)})
 
     @property

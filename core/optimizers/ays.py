@@ -27,7 +27,7 @@ import torch
 
 from core.errors import ScheduleLabError, unknown_name
 from core.objectives.fast_denoiser import mc_denoiser
-from core.objectives.klub import DEFAULT_CHUNK, _check_c, draw_noise, klub_samples, mean_se, slice_noise
+from core.objectives.klub import COUPLINGS, DEFAULT_CHUNK, _check_c, draw_noise, klub_samples, mean_se, slice_noise
 from core.optimizers.base import Optimizer, ProgressEvent
 from core.optimizers.distributed import Partition
 from core.optimizers.heldout import HELDOUT, HeldoutMetric
@@ -35,7 +35,8 @@ from core.schedules import Schedule, make_schedule, resample_loglinear
 
 STATE_FORMAT = "schedule-lab/ays-state/1"
 CONFIG_KEYS = ("steps", "stages", "n_samples", "n_candidates", "c", "max_iters", "heldout", "patience",
-               "heldout_solver", "heldout_n", "seed", "coupling", "dtype", "min_delta")
+               "heldout_solver", "heldout_n", "heldout_seed", "seed", "coupling", "dtype", "min_delta",
+               "start", "model")
 
 
 def default_stages(steps: int, subdivisions: int = 2) -> tuple:
@@ -112,12 +113,16 @@ class AYSOptimizer(Optimizer):
         self.c = _check_c(c)
         self.n_samples, self.n_candidates, self.max_iters = n_samples, n_candidates, max_iters
         self.patience, self.min_delta, self.seed = patience, float(min_delta), int(seed)
+        if coupling not in COUPLINGS:
+            raise unknown_name("coupling", coupling, COUPLINGS)
+        if dtype not in (torch.float32, torch.float64):
+            raise ScheduleLabError(f"AYS Monte Carlo dtype must be torch.float32 or torch.float64; got {dtype!r}")
         self.chunk, self.coupling, self.dtype = chunk, coupling, dtype
         self.partition = partition or Partition.single()
         self._den = mc_denoiser(model, dtype)
         if mixture is None and hasattr(model, "mixture"):
             mixture = model.mixture
-        self.heldout_solver, self.heldout_n = heldout_solver, heldout_n
+        self.heldout_solver, self.heldout_n, self.heldout_seed = heldout_solver, heldout_n, int(heldout_seed)
         if heldout_fn is not None:
             self.heldout, self._metric = "custom", heldout_fn
         else:
@@ -154,8 +159,8 @@ class AYSOptimizer(Optimizer):
         return {"steps": self.steps, "stages": list(self.stages), "n_samples": self.n_samples,
                 "n_candidates": self.n_candidates, "c": self.c, "max_iters": self.max_iters,
                 "heldout": self.heldout, "patience": self.patience, "heldout_solver": self.heldout_solver,
-                "heldout_n": self.heldout_n, "seed": self.seed, "coupling": self.coupling,
-                "dtype": str(self.dtype).replace("torch.", ""), "min_delta": self.min_delta,
+                "heldout_n": self.heldout_n, "heldout_seed": self.heldout_seed, "seed": self.seed,
+                "coupling": self.coupling, "dtype": str(self.dtype).replace("torch.", ""), "min_delta": self.min_delta,
                 "start": list(self.start.sigmas), "model": getattr(self.model, "name", "model")}
 
     # ---- the optimizer loop ------------------------------------------------------------------
@@ -312,7 +317,7 @@ class AYSOptimizer(Optimizer):
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ScheduleLabError(f"not an AYS optimizer state (expected format {STATE_FORMAT!r})")
         mine, theirs = self.config(), state.get("config", {})
-        diff = [k for k in CONFIG_KEYS + ("start",) if k in theirs and theirs[k] != mine[k]]
+        diff = [k for k in CONFIG_KEYS if k in theirs and theirs[k] != mine[k]]
         if diff:
             k = diff[0]
             raise ScheduleLabError(f"the saved AYS state was made with {k} = {theirs[k]!r}, this run has "

@@ -7,6 +7,9 @@
   (b) wall and CPU time of the full hierarchy (10 -> 19 -> 37 steps, early stopping on NLL);
   (c) NLL at NFE 6 / 8 / 10 with SDE-DPM-Solver++(2M) for EDM, log-linear, KL-optimal and AYS
       (exact denoiser; the MLP too when its checkpoint loads), plus heuristics at 1.5 x NFE.
+      "ays" is optimized at each NFE (early stopping on NLL); "ays_interp" is the paper's recipe
+      for other step counts, log-linear interpolation of the 10-step hierarchy's finest schedule;
+      on the MLP, "ays" is the exact-denoiser schedule and "ays_mlp" is optimized on the MLP.
 
     python bench/ays.py [--threads 1] [--samples 8192] [--n 20000] [--seeds 3] [--mlp PATH]
 
@@ -153,31 +156,44 @@ def _match(d_direct, d_ours):
     return [by[(p, i)] for p, i, _, _ in d_direct]
 
 
-def empirical_se(mix, n, c, k, repeats, point=8):
-    """Std over `repeats` seeds of the difference estimates of one point (the lowest interior one)
-    against the reported SE: ours (CRN) and direct (fresh noise)."""
+def empirical_se(mix, n, c, k, repeats, points=(5, 8)):
+    """Std over `repeats` seeds of the candidate-difference estimates of some points: ours (CRN)
+    against direct (fresh noise), the check of the per-run standard errors used above."""
     lv = list(make_schedule("karras", 10).sigmas[:-1])
     ours, direct = [], []
     ref_model = Reference(mix)
-    cand = candidates(torch.tensor([lv[point + 1]]), torch.tensor([lv[point - 1]]), torch.tensor([lv[point]]), k)[0]
     for r in range(repeats):
         ours.append([d for p, i, d, s in ours_differences(MixtureDenoiser(mix), mix.sample, lv, n, c, k, 100 + r)
-                     if p == point])
+                     if p in points])
         g = torch.Generator().manual_seed(200 + r)
-        sc = [sum(direct_klub(ref_model, mix.sample, a, b, n, c, g)[0] for a, b in
-                  ((lv[point + 1], float(x)), (float(x), lv[point - 1]))) for x in cand]
-        direct.append([s - sc[0] for s in sc[1:]])
+        row = []
+        for p in points:
+            cand = candidates(torch.tensor([lv[p + 1]]), torch.tensor([lv[p - 1]]), torch.tensor([lv[p]]), k)[0]
+            sc = [direct_klub(ref_model, mix.sample, lv[p + 1], float(x), n, c, g)[0]
+                  + direct_klub(ref_model, mix.sample, float(x), lv[p - 1], n, c, g)[0] for x in cand]
+            row += [v - sc[0] for v in sc[1:]]
+        direct.append(row)
     o, d = torch.tensor(ours), torch.tensor(direct)
-    return {"point": point, "repeats": repeats, "ours_std": o.std(0).tolist(), "direct_std": d.std(0).tolist(),
-            "median_std_ratio_direct_over_ours": float((d.std(0) / o.std(0)).median())}
+    ratio = (d.std(0) / o.std(0)) ** 2
+    return {"points": list(points), "repeats": repeats, "ours_std": o.std(0).tolist(),
+            "direct_std": d.std(0).tolist(), "median_variance_ratio_direct_over_ours": float(ratio.median())}
 
 
 # ---- (b) hierarchy and (c) NLL ---------------------------------------------------------------
-def run_hierarchy(model, mix, n, seed, steps=10):
-    opt = AYSOptimizer(model, mix.sample, steps=steps, n_samples=n, seed=seed, mixture=mix)
+def run_hierarchy(model, mix, n, seed, steps=10, stages=None):
+    opt = AYSOptimizer(model, mix.sample, steps=steps, stages=stages, n_samples=n, seed=seed, mixture=mix)
     with Clock() as t:
         evs = list(opt.events())
     return opt, t, evs
+
+
+def ays_per_nfe(model, mix, n, seed, nfes, full):
+    """AYS for each NFE: the first stage run at that step count (result(n) of a hierarchy started
+    at n is exactly its first stage, so later stages are skipped); `full` serves its own steps."""
+    out = {}
+    for nfe in nfes:
+        out[nfe] = full if nfe == full.steps else run_hierarchy(model, mix, n, seed, nfe, (nfe,))[0]
+    return out
 
 
 def nll_rows(model, mix, kind, schedules, nfes, n, seeds, solver):
@@ -220,8 +236,8 @@ def main(argv=None):
           f"over {sweep_extra['pairs']} (point, candidate) pairs; pooled (sum of variances) "
           f"{sweep_extra['pooled_variance_ratio_direct_over_ours']:.3g}")
     emp = empirical_se(mix, a.samples, a.c, a.candidates, a.repeats)
-    print(f"empirical check (point {emp['point']}, {emp['repeats']} seeds): std of differences direct / ours = "
-          f"{emp['median_std_ratio_direct_over_ours']:.3g} (median over candidates)")
+    print(f"empirical check (points {emp['points']}, {emp['repeats']} seeds): variance of differences direct / ours"
+          f" = {emp['median_variance_ratio_direct_over_ours']:.3g} (median over candidates)")
 
     opt, t_h, evs = run_hierarchy(exact, mix, a.samples, a.seed)
     stages = [sum(1 for e in evs if e.stage == s and e.iteration > 0) for s in range(len(opt.stages))]
@@ -235,7 +251,10 @@ def main(argv=None):
 
     nfes = (6, 8, 10)
     heur = {name: (lambda nfe, name=name: make_schedule(name, nfe)) for name in ("karras", "loglinear", "kl_optimal")}
-    scheds = {**heur, "ays": lambda nfe: opt.result(nfe)}
+    per = ays_per_nfe(exact, mix, a.samples, a.seed, nfes, opt)
+    scheds = {**heur, "ays": lambda nfe: per[nfe].result(nfe), "ays_interp": lambda nfe: opt.result(nfe)}
+    hier["per_nfe"] = {nfe: {"sigmas": list(o.result(nfe).sigmas), "early_stopped_at": o.state_dict()["early_stopped_at"],
+                             "sweeps": len(o.history) - 1} for nfe, o in per.items()}
     fast = FastMixtureDenoiser(mix, torch.float64)        # same maths as the engine's, 4x faster
     rows = nll_rows(fast, mix, "exact", scheds, nfes, a.n, a.seeds, a.solver)
     rows15 = nll_rows(fast, mix, "exact", heur, (9, 12, 15), a.n, a.seeds, a.solver)
@@ -245,11 +264,12 @@ def main(argv=None):
     except Exception as e:                                    # noqa: BLE001 - report and go on
         mlp, mlp_note = None, f"MLP rows skipped: {e}"
     if mlp is not None:
-        mopt, t_m, _ = run_hierarchy(mlp, mix, a.mlp_samples, a.seed)
-        mrows = nll_rows(mlp, mix, "mlp", {**scheds, "ays_mlp": lambda nfe: mopt.result(nfe)}, nfes, a.n,
-                         a.seeds, a.solver)
+        with Clock() as t_m:
+            mper = ays_per_nfe(mlp, mix, a.mlp_samples, a.seed, nfes, run_hierarchy(mlp, mix, a.mlp_samples, a.seed)[0])
+        mrows = nll_rows(mlp, mix, "mlp", {**heur, "ays": scheds["ays"], "ays_mlp": lambda nfe: mper[nfe].result(nfe)},
+                         nfes, a.n, a.seeds, a.solver)
         rows += mrows
-        hier["mlp_hierarchy_wall_s"], hier["mlp_samples"] = t_m.wall, a.mlp_samples
+        hier["mlp_optimize_wall_s"], hier["mlp_samples"] = t_m.wall, a.mlp_samples
     for r in rows:
         if r["model"] == "exact" and r["schedule"] in PAPER:
             r.update({f"paper@{n}": v for n, v in zip(nfes, PAPER[r["schedule"]])})

@@ -29,7 +29,7 @@ def add_arguments(p):
     p.add_argument("--c", type=float, default=0.5, help="importance-sampling constant (data scale)")
     p.add_argument("--max-iters", type=int, default=100, help="sweep cap per stage")
     p.add_argument("--heldout", default="auto", help="auto | nll | swd | ref_error | none")
-    p.add_argument("--patience", type=int, default=3, help="first-stage sweeps without held-out gain")
+    p.add_argument("--patience", type=int, default=8, help="first-stage sweeps without held-out gain")
     p.add_argument("--solver", default="dpmpp_2m_sde", help="solver of the held-out metric")
     p.add_argument("--heldout-n", type=int, default=8192)
     p.add_argument("--seed", type=int, default=0)

@@ -51,10 +51,15 @@ def sidebar() -> dict:
 
 def init_widgets(defaults: dict) -> None:
     """Give keyed widgets their first value through session state (never also through the
-    widget's own default), so a value set by a test or another page is kept."""
+    widget's own default), so a value set by a test or another page is kept.
+
+    Streamlit drops the state of a widget that a run does not draw (e.g. on another page); a
+    shadow copy under "_keep_KEY" brings the user's last value back when they return."""
+    ss = st.session_state
     for k, v in defaults.items():
-        if k not in st.session_state:
-            st.session_state[k] = v
+        if k not in ss:
+            ss[k] = ss.get("_keep_" + k, v)
+        ss["_keep_" + k] = ss[k]
 
 
 def settings() -> dict:

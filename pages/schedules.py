@@ -90,7 +90,8 @@ with left:
     a[2].number_input("sigma_max", min_value=1e-5, format="%.4g", key="sc_add_smax")
     pname = SCHEDULE_PARAMS.get(st.session_state.sc_add_name)
     if pname:
-        if st.session_state.get("sc_add_param_for") != st.session_state.sc_add_name:
+        if st.session_state.get("sc_add_param_for") != st.session_state.sc_add_name or \
+                "sc_add_param" not in st.session_state:          # (state of an unrendered widget is dropped)
             st.session_state.sc_add_param = pname[1]
             st.session_state.sc_add_param_for = st.session_state.sc_add_name
         st.number_input(pname[0], min_value=1e-3, format="%.4g", key="sc_add_param")

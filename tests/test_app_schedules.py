@@ -38,6 +38,10 @@ def test_add_heuristic_with_parameter(page):
     added = [s for s in _library(page).values() if s.name == "kl_optimal" and s.steps == 7]
     assert added and added[0].sigmas == want.sigmas
     assert "kl_optimal (7 steps)" in [t["name"] for t in figures(page)["sc_fig_library"]["data"]]
+    # a parameter-free choice in between, then back: the default comes back (not the widget minimum)
+    page.selectbox(key="sc_add_name").set_value("loglinear").run()
+    page.selectbox(key="sc_add_name").set_value("kl_optimal").run()
+    assert page.number_input(key="sc_add_param").value == 0.5
 
 
 @pytest.mark.parametrize("text, problem", [

@@ -39,3 +39,16 @@ def test_mlp_offered_exactly_when_its_checkpoint_exists():
     toy = with_ckpt[0] if with_ckpt else "gaussian"
     at = open_page("playground", toy=toy, **SMALL)
     assert list(at.sidebar.selectbox(key="sb_model_kind").options) == model_kinds(toy)
+
+
+def test_page_settings_survive_a_visit_to_another_page():
+    # (pg_steps / pg_sched_b not preset: AppTest re-applies preset session state to dropped keys)
+    at = open_page("playground", toy="gaussian", pg_n=500, pg_seeds=1, pg_paths=4)
+    at.selectbox(key="pg_sched_b").set_value("loglinear")
+    at.number_input(key="pg_steps").set_value(5).run()
+    at.switch_page("pages/schedules.py").run()
+    assert_clean(at)
+    at.switch_page("pages/playground.py").run()
+    assert_clean(at)
+    assert at.number_input(key="pg_steps").value == 5 and at.selectbox(key="pg_sched_b").value == "loglinear"
+    assert at.session_state["pg_schedules"]["B: loglinear"] == make_schedule("loglinear", 5).sigmas

@@ -6,6 +6,7 @@ import pytest
 
 import fake_engine
 from app_helpers import arr, assert_clean, figures, missing_ok, open_page, require, trace
+from app_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 from core.models import load_toy_model
 from core.schedules import make_schedule
 from core.viz_data import cumulative_share

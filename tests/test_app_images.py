@@ -7,6 +7,7 @@ import pytest
 
 import fake_engine
 from app_helpers import arr, assert_clean, figures, missing_ok, open_page, require, trace
+from app_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 from core.compare import compare_to_reference, error_vs_nfe
 from core.schedules import make_schedule
 

@@ -9,6 +9,7 @@ import pytest
 
 import fake_engine
 from app_helpers import arr, assert_clean, figures, missing_ok, open_page, require, trace
+from app_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 from app_lib.runner import OptimizerRun
 from core.models import load_toy_model
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from app_helpers import arr, assert_clean, figures, open_page, trace
+from app_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 from core.evaluate import evaluate_toy
 from core.models import load_toy_model
 from core.sampling import generate

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from app_helpers import arr, assert_clean, figures, open_page, trace
+from app_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 from app_lib.state import model_kinds
 from core.models import load_toy_model, toy_checkpoint
 from core.sampling import generate

@@ -39,6 +39,10 @@ class GaussianMixture:
         self.weights, self.means, self.covariances = w, mu, cov
         self.evals, self.evecs = torch.linalg.eigh(cov)            # [K, d], [K, d, d]
         self.log_weights = w.log()
+        eye = torch.eye(mu.shape[1], dtype=torch.float64)
+        iso = cov[:, 0, 0]
+        # isotropic components (grid, ring, gaussian) take a fast path with no [B, K, d] tensors
+        self.isotropic = bool(torch.allclose(cov, iso[:, None, None] * eye, rtol=0, atol=1e-15))
 
     # ---- basic properties -------------------------------------------------------------
     @property
@@ -72,6 +76,8 @@ class GaussianMixture:
         out.name = self.name
         for k in ("weights", "means", "covariances", "evals", "evecs", "log_weights"):
             setattr(out, k, getattr(self, k).to(device))
+        out._u_cat_cache = None
+        out.isotropic = self.isotropic
         return out
 
     # ---- sampling -----------------------------------------------------------------------
@@ -90,26 +96,62 @@ class GaussianMixture:
 
     # ---- exact noisy density, denoiser, score ---------------------------------------------
     def _component_terms(self, x: torch.Tensor, sigma: torch.Tensor):
-        """y = U^T (x - mu) [B, K, d], var = l + sigma^2 [B, K, d], log N terms [B, K]."""
+        """y = U^T (x - mu) [B, K, d], var = l + sigma^2 [B, K, d], log N terms [B, K].
+
+        U^T x for every component is one GEMM against the stacked eigenvectors [d, K d]."""
         x = x.to(torch.float64)
+        K, d = self.means.shape
         s2 = _sigma_b(sigma, x).pow(2).reshape(-1, 1, 1)
-        y = torch.einsum("kji,bkj->bki", self.evecs, x.unsqueeze(1) - self.means)
+        y = (x @ self._u_cat).reshape(-1, K, d) - self._mu_rot                 # [B, K, d]
         var = self.evals.unsqueeze(0) + s2
-        logn = -0.5 * ((y * y / var).sum(-1) + var.log().sum(-1) + self.dim * math.log(2 * math.pi))
+        logn = -0.5 * ((y * y / var).sum(-1) + var.log().sum(-1) + d * math.log(2 * math.pi))
         return y, var, logn
+
+    @property
+    def _u_cat(self) -> torch.Tensor:
+        """[d, K d]: column block k is U_k, so x @ U_cat = [U_1^T x, ..., U_K^T x]."""
+        if getattr(self, "_u_cat_cache", None) is None or self._u_cat_cache.device != self.device:
+            K, d = self.means.shape
+            self._u_cat_cache = self.evecs.permute(1, 0, 2).reshape(d, K * d).contiguous()
+            self._mu_rot_cache = torch.einsum("kji,kj->ki", self.evecs, self.means)
+        return self._u_cat_cache
+
+    @property
+    def _mu_rot(self) -> torch.Tensor:
+        self._u_cat  # noqa: B018 - fills the cache
+        return self._mu_rot_cache
+
+    def _iso_terms(self, x: torch.Tensor, sigma):
+        """Isotropic Sigma_k = v_k I: var [B|1, K], log N terms [B, K] from one GEMM (|x - mu|^2)."""
+        x = x.to(torch.float64)
+        d = self.dim
+        s2 = _sigma_b(sigma, x).pow(2).reshape(-1, 1)
+        var = self.evals[:, 0].unsqueeze(0) + s2
+        dist2 = ((x * x).sum(1, keepdim=True) - 2 * x @ self.means.T + (self.means ** 2).sum(1)).clamp_min(0)
+        logn = -0.5 * (dist2 / var + d * var.log() + d * math.log(2 * math.pi))
+        return var, logn
 
     def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
         """log p_sigma(x), [B] float64. x: [B, d]; sigma: float or [B]."""
-        _, _, logn = self._component_terms(x, sigma)
+        if self.isotropic:
+            _, logn = self._iso_terms(x, sigma)
+        else:
+            _, _, logn = self._component_terms(x, sigma)
         return torch.logsumexp(logn + self.log_weights, dim=1)
 
     def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """Exact posterior mean E[x0 | x0 + sigma eps = x], [B, d] float64."""
+        """Exact posterior mean E[x0 | x0 + sigma eps = x], [B, d] float64.
+
+        sum_k r_k (mu_k + U_k diag(l_k / (l_k + sigma^2)) y_k) = r @ mu + [r_k shrunk_k]_k @ U_cat^T."""
+        if self.isotropic:      # sum_k r_k (a_k x + (1 - a_k) mu_k),  a_k = v_k / (v_k + sigma^2)
+            var, logn = self._iso_terms(x, sigma)
+            r = torch.softmax(logn + self.log_weights, dim=1)
+            a = self.evals[:, 0] / var
+            return x.to(torch.float64) * (r * a).sum(1, keepdim=True) + (r * (1 - a)) @ self.means
         y, var, logn = self._component_terms(x, sigma)
         r = torch.softmax(logn + self.log_weights, dim=1)                       # [B, K]
-        shrunk = y * (self.evals.unsqueeze(0) / var)                             # [B, K, d]
-        post = self.means + torch.einsum("kij,bkj->bki", self.evecs, shrunk)   # [B, K, d]
-        return torch.einsum("bk,bki->bi", r, post)
+        shrunk = y * (self.evals.unsqueeze(0) / var) * r.unsqueeze(-1)          # [B, K, d]
+        return r @ self.means + shrunk.reshape(x.shape[0], -1) @ self._u_cat.T
 
     def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """grad_x log p_sigma(x) = (D - x) / sigma^2, [B, d] float64 (sigma > 0)."""
@@ -130,7 +172,9 @@ class GaussianMixture:
                 "covariances [K][d][d]")
         try:
             return cls(d["weights"], d["means"], d["covariances"], name=name or d.get("name", "custom"))
-        except (TypeError, RuntimeError) as e:  # ragged lists, non-numbers
+        except ScheduleLabError:
+            raise
+        except (TypeError, RuntimeError, ValueError) as e:  # ragged lists, non-numbers
             raise ScheduleLabError(f"mixture arrays are malformed ({e}); expected weights [K], "
                                    "means [K][d], covariances [K][d][d] of numbers") from None
 

@@ -36,9 +36,20 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_proj: int = 256, seed
     th = th / th.norm(dim=0, keepdim=True)
     px, py = (x @ th).sort(0).values, (y @ th).sort(0).values
     if px.shape[0] != py.shape[0]:
-        q = torch.linspace(0, 1, min(px.shape[0], py.shape[0]), dtype=torch.float64, device=x.device)
-        px, py = torch.quantile(px, q, dim=0), torch.quantile(py, q, dim=0)
+        m = min(px.shape[0], py.shape[0])
+        px, py = _quantiles(px, m), _quantiles(py, m)
     return float(((px - py) ** 2).mean().sqrt())
+
+
+def _quantiles(sorted_vals: torch.Tensor, m: int) -> torch.Tensor:
+    """Linear-interpolated quantiles at linspace(0, 1, m) of column-sorted values [n, P] -> [m, P]."""
+    n = sorted_vals.shape[0]
+    pos = torch.linspace(0, n - 1, m, dtype=torch.float64, device=sorted_vals.device)
+    lo = pos.floor().long().clamp(max=n - 2) if n > 1 else pos.long()
+    frac = (pos - lo).unsqueeze(1)
+    if n == 1:
+        return sorted_vals.expand(m, -1)
+    return sorted_vals[lo] * (1 - frac) + sorted_vals[lo + 1] * frac
 
 
 def mmd_rbf(x: torch.Tensor, y: torch.Tensor, max_n: int = 2000, seed: int = 0,

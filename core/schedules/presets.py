@@ -25,7 +25,9 @@ def loglinear_interp(levels, num_levels: int) -> np.ndarray:
         raise ScheduleLabError("loglinear_interp needs positive levels (drop the final 0 first)")
     xs = np.linspace(0, 1, len(lv))
     ys = np.log(lv[::-1])
-    return np.exp(np.interp(np.linspace(0, 1, num_levels), xs, ys))[::-1].copy()
+    out = np.exp(np.interp(np.linspace(0, 1, num_levels), xs, ys))[::-1].copy()
+    out[0], out[-1] = lv[0], lv[-1]          # exact ends (exp(log(v)) may round off)
+    return out
 
 
 def ays_preset(model: str, steps: int = 10) -> Schedule:

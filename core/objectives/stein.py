@@ -99,13 +99,22 @@ def mixture_score(mixture, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor
         grad log p_sigma(x) = -sum_k r_k(x) U_k diag(1 / (l_k + sigma^2)) U_k^T (x - mu_k).
 
     The rotation y = U^T (x - mu) does not depend on sigma, so forward mode in sigma only runs
-    through elementwise operations (and the d x d rotations are d broadcast products, not K tiny bmm's)."""
+    through elementwise operations (and the d x d rotations are d broadcast products, not K tiny
+    bmm's).  Isotropic mixtures (Sigma_k = v_k I) use |x - mu_k|^2 from one GEMM instead."""
     x = x.to(torch.float64)
+    s2 = sigma.to(torch.float64).reshape(-1, 1) ** 2
+    if getattr(mixture, "isotropic", False):       # Sigma_k = v_k I: only [B, K] tensors depend on sigma
+        mu, d = mixture.means, x.shape[1]
+        dist2 = ((x * x).sum(1, keepdim=True) - 2 * x @ mu.T + (mu * mu).sum(1)).clamp_min(0)   # [B, K]
+        var = mixture.evals[:, 0] + s2                                                        # [B, K]
+        r = torch.softmax(-0.5 * (dist2 / var + d * var.log()) + mixture.log_weights, dim=1)
+        a = r / var
+        return a @ mu - x * a.sum(1, keepdim=True)
     U, lam = mixture.evecs, mixture.evals                                    # [K, d, d], [K, d]
     diff = x.unsqueeze(1) - mixture.means                                    # [B, K, d]
     d = diff.shape[-1]
     y = sum(diff[..., j:j + 1] * U[:, j, :] for j in range(d))                # U^T (x - mu)  [B, K, d]
-    var = lam.unsqueeze(0) + sigma.to(torch.float64).reshape(-1, 1, 1) ** 2   # [B, K, d]
+    var = lam.unsqueeze(0) + s2.unsqueeze(-1)                                # [B, K, d]
     logn = -0.5 * ((y * y / var).sum(-1) + var.log().sum(-1))               # + const
     r = torch.softmax(logn + mixture.log_weights, dim=1)                     # [B, K]
     z = r.unsqueeze(-1) * y / var                                            # [B, K, d]
@@ -214,10 +223,12 @@ def _lambda_of(sigmas_grid, Lam):
 
 
 def constant_speed_schedule(sigmas_grid, delta, steps: int, sigma_min: float | None = None,
-                            sigma_max: float | None = None, **params) -> Schedule:
+                            sigma_max: float | None = None, params: dict | None = None) -> Schedule:
     """The score-optimal schedule: n levels at equal Lambda spacing between sigma_max and sigma_min
     (then 0), sigma_i = Lambda^{-1}(Lambda(sigma_max) - i / (n - 1) * (Lambda(sigma_max) - Lambda(sigma_min)))
-    with Lambda^{-1} a PCHIP interpolant of log sigma over Lambda (monotone)."""
+    with Lambda^{-1} a PCHIP interpolant of log sigma over Lambda (monotone).  params: recorded
+    in the Schedule."""
+    params = dict(params or {})
     grid = np.asarray(sigmas_grid, dtype=np.float64)
     smin = float(grid[0] if sigma_min is None else sigma_min)
     smax = float(grid[-1] if sigma_max is None else sigma_max)

@@ -13,8 +13,8 @@ process's time t, EDM rho = 7); the lowest converged bound wins.  Convergence is
 start (`status`, `message`, `optimality`, `constr_violation`) and a run in which no start
 converged raises ScheduleLabError unless strict=False (then it is returned flagged).
 
-The objective is rescaled by its value at the uniform-lambda start so that the trust-region and
-gradient tolerances mean the same thing for every sigma range and p.
+Each run sees the objective divided by its value at its own start (so tolerances mean the same
+for every sigma range and p; a shared scale made far starts fail in the epigraph form).
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ from scipy.optimize import BFGS, LinearConstraint, NonlinearConstraint, minimize
 from core.errors import ScheduleLabError, unknown_name
 from core.objectives.truncation import SOLVER, _check_p, bound, bound_parts, quadrature_steps, signed_nodes
 from core.optimizers.base import Optimizer, ProgressEvent
-from core.processes import get_process
 from core.schedules import Schedule
 
 STARTS = ("uniform_lambda", "uniform_t", "edm")
@@ -71,10 +70,12 @@ class StartResult:
 
 def resolve_range(process="edm", sigma_min=None, sigma_max=None):
     """(process object, sigma_min, sigma_max): the process's own range unless given."""
-    proc = get_process(process) if isinstance(process, str) else process
-    if not (hasattr(proc, "sigma") and hasattr(proc, "t")):
-        raise ScheduleLabError("process must be a name (edm, vp-linear, vp-cosine, flow) or an object "
-                               "with sigma(t) and t(sigma)")
+    from core.models.wrap import make_process
+    proc = make_process(process) if isinstance(process, (str, dict)) else process
+    if not all(hasattr(proc, a) for a in ("sigma", "t", "sigma_min", "sigma_max")):
+        raise ScheduleLabError("process must be a name (edm, vp-linear, vp-cosine, flow, discrete), a dict "
+                               "such as {'kind': 'discrete', 'beta_schedule': 'linear'}, or an object with "
+                               "sigma(t), t(sigma), sigma_min and sigma_max")
     smin = float(proc.sigma_min if sigma_min is None else sigma_min)
     smax = float(proc.sigma_max if sigma_max is None else sigma_max)
     if not (math.isfinite(smin) and math.isfinite(smax) and 0 < smin < smax):
@@ -246,8 +247,10 @@ def solve_from(lam_start: np.ndarray, p: float = 1.0, quadrature="auto", *, star
                        float(r.optimality), float(r.constr_violation), secs, iterates)
 
 
-def _schedule(lam: np.ndarray, **params) -> Schedule:
+def _schedule(lam: np.ndarray, sigma_max: float, sigma_min: float, **params) -> Schedule:
+    """Levels exp(-lam) with the fixed endpoints exact (no exp(log(.)) round-off), then 0."""
     sig = np.exp(-np.asarray(lam, dtype=np.float64))
+    sig[0], sig[-1] = sigma_max, sigma_min
     return Schedule(tuple(sig.tolist()) + (0.0,), name="nonuniform", params=params, solver=SOLVER)
 
 
@@ -267,8 +270,9 @@ class NonUniformOptimizer(Optimizer):
         steps: n (= NFE of dpmpp_3m); n - 2 interior levels are optimized.
         sigma_min, sigma_max: fixed endpoints (default: the process's range).
         p: error-model exponent (1 pixel, 2 latent).
-        process: "edm" | "vp-linear" | "vp-cosine" | "flow" (or a process object): fixes the
-            uniform-t start and the default range; the bound itself lives in sigma.
+        process: "edm" | "vp-linear" | "vp-cosine" | "flow" | "discrete" (DDPM linear betas), a
+            dict for core.models.wrap.make_process, or a process object: it fixes the uniform-t
+            start and the default range; the bound itself lives in sigma.
         starts: subset of STARTS.
         quadrature: see core.objectives.truncation.quadrature_steps ("auto").
         strict: result() raises ScheduleLabError when no start converged (else returns it flagged).
@@ -298,33 +302,31 @@ class NonUniformOptimizer(Optimizer):
         self.gtol, self.kkt_tol, self.maxiter = gtol, kkt_tol, maxiter
         self.done: list[StartResult] = []
         self.iteration = 0
-        self._scale = None
 
     def _config(self) -> dict:
         return {"steps": self.steps, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "p": self.p,
                 "process": self.process, "starts": list(self.starts), "quadrature": self.quadrature}
 
     def events(self):
-        lam_ref = start_levels("uniform_lambda", self.steps, self.sigma_min, self.sigma_max, self.proc)
-        with torch.no_grad():                      # one scale for every start: comparable tolerances
-            self._scale = float(bound(torch.from_numpy(lam_ref), self.p, self.quadrature))
         finished = {r.start for r in self.done}
         for st in self.starts:
             if st in finished:
                 continue
             lam0 = start_levels(st, self.steps, self.sigma_min, self.sigma_max, self.proc)
-            r = solve_from(lam0, self.p, self.quadrature, start=st, scale=self._scale, gtol=self.gtol,
+            r = solve_from(lam0, self.p, self.quadrature, start=st, gtol=self.gtol,
                            kkt_tol=self.kkt_tol, maxiter=self.maxiter, record=True)
             for it, lam, b in r.iterates:
+                if not np.all(np.diff(lam) > 0):       # interior-point iterates may leave the ordering
+                    continue
                 self.iteration += 1
-                yield ProgressEvent(self.method, self.iteration, _schedule(lam), b,
+                yield ProgressEvent(self.method, self.iteration, self._sched(lam), b,
                                     message=f"start {st}: trust-constr iteration {it}",
                                     extra={"start": st})
             r.iterates = []
             self.done.append(r)
             self.iteration += 1
             flag = "converged" if r.converged else "NOT converged"
-            yield ProgressEvent(self.method, self.iteration, _schedule(r.lam), r.objective,
+            yield ProgressEvent(self.method, self.iteration, self._sched(r.lam), r.objective,
                                 message=f"start {st}: {flag} after {r.nit} iterations ({r.message})",
                                 extra=r.to_dict())
         best = self._best()
@@ -362,8 +364,11 @@ class NonUniformOptimizer(Optimizer):
             if self.strict:
                 raise ScheduleLabError(msg)
             warnings.warn(msg)
-        return _schedule(best.lam, p=self.p, process=self.process, quadrature=self.quadrature,
-                         objective=best.objective, converged=best.converged, start=best.start)
+        return self._sched(best.lam, p=self.p, process=self.process, quadrature=self.quadrature,
+                           objective=best.objective, converged=best.converged, start=best.start)
+
+    def _sched(self, lam, **params) -> Schedule:
+        return _schedule(lam, self.sigma_max, self.sigma_min, **params)
 
     def state_dict(self) -> dict:
         return {"method": self.method, "config": self._config(), "iteration": self.iteration,

@@ -93,7 +93,7 @@ class ScoreOptimalOptimizer(Optimizer):
             raise ScheduleLabError(f"the Stein density is estimated on {self.levels_done}/{self.grid.size} "
                                    "levels; iterate events() to the end first")
         return constant_speed_schedule(self.grid, self.delta, self.steps, self.sigma_min, self.sigma_max,
-                                       **self._config())
+                                       params=self._config())
 
     def info(self) -> dict:
         """interval_costs + density_curves of the result (see core.objectives.stein) and the settings."""

@@ -302,6 +302,7 @@ class NonUniformOptimizer(Optimizer):
         self.gtol, self.kkt_tol, self.maxiter = gtol, kkt_tol, maxiter
         self.done: list[StartResult] = []
         self.iteration = 0
+        self._iteration_done = 0      # iteration count when the last start finished (what a resume restarts from)
 
     def _config(self) -> dict:
         return {"steps": self.steps, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "p": self.p,
@@ -325,6 +326,7 @@ class NonUniformOptimizer(Optimizer):
             r.iterates = []
             self.done.append(r)
             self.iteration += 1
+            self._iteration_done = self.iteration
             flag = "converged" if r.converged else "NOT converged"
             yield ProgressEvent(self.method, self.iteration, self._sched(r.lam), r.objective,
                                 message=f"start {st}: {flag} after {r.nit} iterations ({r.message})",
@@ -371,14 +373,15 @@ class NonUniformOptimizer(Optimizer):
         return _schedule(lam, self.sigma_max, self.sigma_min, **params)
 
     def state_dict(self) -> dict:
-        return {"method": self.method, "config": self._config(), "iteration": self.iteration,
+        # an unfinished start is rerun from its beginning on resume, so its iterations are not counted
+        return {"method": self.method, "config": self._config(), "iteration": self._iteration_done,
                 "done": [r.to_dict() for r in self.done]}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("method") != self.method or state.get("config") != self._config():
             raise ScheduleLabError("this state belongs to a different DM-NonUniform run (steps, range, p, "
                                    "process, starts or quadrature differ); start afresh")
-        self.iteration = int(state["iteration"])
+        self.iteration = self._iteration_done = int(state["iteration"])
         self.done = [StartResult.from_dict(d) for d in state["done"]]
 
 

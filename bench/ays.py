@@ -192,7 +192,10 @@ def ays_per_nfe(model, mix, n, seed, nfes, full):
     at n is exactly its first stage, so later stages are skipped); `full` serves its own steps."""
     out = {}
     for nfe in nfes:
-        out[nfe] = full if nfe == full.steps else run_hierarchy(model, mix, n, seed, nfe, (nfe,))[0]
+        if full is not None and nfe == full.steps:
+            out[nfe] = full
+        else:
+            out[nfe] = run_hierarchy(model, mix, n, seed, nfe, (nfe,))[0]
     return out
 
 
@@ -265,11 +268,14 @@ def main(argv=None):
         mlp, mlp_note = None, f"MLP rows skipped: {e}"
     if mlp is not None:
         with Clock() as t_m:
-            mper = ays_per_nfe(mlp, mix, a.mlp_samples, a.seed, nfes, run_hierarchy(mlp, mix, a.mlp_samples, a.seed)[0])
+            mper = ays_per_nfe(mlp, mix, a.mlp_samples, a.seed, nfes, None)     # first stages only
         mrows = nll_rows(mlp, mix, "mlp", {**heur, "ays": scheds["ays"], "ays_mlp": lambda nfe: mper[nfe].result(nfe)},
                          nfes, a.n, a.seeds, a.solver)
         rows += mrows
-        hier["mlp_optimize_wall_s"], hier["mlp_samples"] = t_m.wall, a.mlp_samples
+        hier["mlp"] = {"checkpoint": str(_load_mlp.path), "optimize_wall_s": t_m.wall, "optimize_cpu_s": t_m.cpu, "samples": a.mlp_samples,
+                       "per_nfe": {nfe: {"sigmas": list(o.result(nfe).sigmas), "sweeps": len(o.history) - 1,
+                                         "early_stopped_at": o.state_dict()["early_stopped_at"]}
+                                   for nfe, o in mper.items()}}
     for r in rows:
         if r["model"] == "exact" and r["schedule"] in PAPER:
             r.update({f"paper@{n}": v for n, v in zip(nfes, PAPER[r["schedule"]])})
@@ -292,8 +298,9 @@ def _load_mlp(path):
     import core.models as cm
     if path is not None:
         cm.toy_checkpoint = lambda toy: Path(path)
-    if not cm.toy_checkpoint("grid8x8").is_file():
-        raise FileNotFoundError(f"{cm.toy_checkpoint('grid8x8')} not found (trained by the toy-MLP task)")
+    _load_mlp.path = cm.toy_checkpoint("grid8x8")
+    if not _load_mlp.path.is_file():
+        raise FileNotFoundError(f"{_load_mlp.path} not found (trained by the toy-MLP task)")
     return cm.load_toy_mlp("grid8x8")
 
 

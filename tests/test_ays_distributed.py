@@ -14,7 +14,7 @@ from core.errors import ScheduleLabError
 from core.models import MixtureDenoiser
 from core.objectives.klub import klub
 from core.optimizers.ays import AYSOptimizer
-from core.optimizers.distributed import Partition, free_port, init_from_env
+from core.optimizers.distributed import Partition, free_port, init_from_env, shutdown
 from toy_data import get_toy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def _worker(rank, world, port, out):
                "sigmas": list(opt.finest().sigmas), "slice": [part.slice(301).start, part.slice(301).stop]}
         Path(out, f"rank{rank}.json").write_text(json.dumps(res))
     finally:
-        dist.destroy_process_group()
+        shutdown()
 
 
 def test_two_processes_equal_one(tmp_path):

@@ -67,11 +67,7 @@ def parse_stages(text):
 def run(a) -> int:
     import torch
     from core.device import resolve_device
-    from core.objectives.klub import DEFAULT_CHUNK
-    from core.optimizers.ays import AYSOptimizer
-    from core.optimizers.base import Optimizer
-    from core.optimizers.distributed import Partition, init_from_env
-    from core.schedules import Schedule
+    from core.optimizers.distributed import Partition, init_from_env, shutdown
 
     if a.threads is not None:
         if a.threads < 1:
@@ -79,6 +75,20 @@ def run(a) -> int:
         torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
     part = init_from_env(str(device)) if a.distributed else Partition.single()
+    try:
+        return _run(a, part, device)
+    finally:
+        if a.distributed:
+            shutdown()
+
+
+def _run(a, part, device) -> int:
+    import torch
+    from core.objectives.klub import DEFAULT_CHUNK
+    from core.optimizers.ays import AYSOptimizer
+    from core.optimizers.base import Optimizer
+    from core.schedules import Schedule
+
     model, mix = toy_model_and_data(a.toy, a.model, device)
     start = Schedule.load(a.start) if a.start.endswith(".json") or Path(a.start).is_file() else a.start
     heldout = None if a.heldout in ("none", "None", "") else a.heldout

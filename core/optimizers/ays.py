@@ -169,7 +169,14 @@ class AYSOptimizer(Optimizer):
         return Schedule(tuple(self._levels) + (0.0,), name="ays", params=self._params())
 
     def events(self):
-        """Yield a ProgressEvent for the start schedule (iteration 0), then one after every sweep."""
+        """Yield a ProgressEvent for the start schedule (iteration 0), then one after every sweep.
+
+        event.schedule is the swept schedule, event.objective its total KLUB (from that sweep's
+        samples), event.heldout the held-out metric (None without one), event.stage the stage index;
+        event.extra: per_interval (KLUB of each interval, high sigma first), objective_se, moved
+        (points changed), early_stopped_at (first-stage sweep kept, once decided), stage_steps,
+        heldout_name, seconds, next_sigmas (where the next sweep starts: after an early-stop revert
+        or a subdivision). The state is saved-ready after every event."""
         if not self._started:
             t0 = time.perf_counter()
             per, total, total_se = self._evaluate(self._levels)

@@ -97,6 +97,15 @@ def init_from_env(device: str = "cpu") -> Partition:
     return Partition.from_torch()
 
 
+def shutdown() -> None:
+    """Wait for every rank, then tear the process group down (a rank that exits while another is
+    still inside a collective makes gloo abort it)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 (for tests and local launches)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

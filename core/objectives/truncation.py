@@ -49,10 +49,11 @@ sensible schedules there because its optimizer stops near the start.  Up to NFE 
 rule is well posed (one optimum from every start; at 7 steps it sits on a kink c_j = 0, which
 `core.optimizers.nonuniform` solves exactly in epigraph form).
 
-N mapping: our n (steps) = the paper's N = NFE.  The paper integrates N multistep intervals
-[t_T, t_eps] with orders 1,2,3,..,3,2,1; our solver spends the same N model calls on n - 1
-multistep intervals [sigma_max, sigma_min] (orders 1,2,3,..,3,2) and the order-1 jump to 0, so
-there are n - 2 free levels (the paper has N - 1 because its last evaluation lands on t_eps).
+N mapping: our n (steps) = the paper's N = NFE.  The paper spends its N model calls on N multistep
+intervals over [t_eps, T] (orders 1,2,3,..,3,2,1; the last interval ends at t_eps without a model
+call there), so it has N - 1 free points.  Our solver spends the same N calls on n - 1 multistep
+intervals over [sigma_min, sigma_max] (orders 1,2,3,..,3,2), the n-th call being D at sigma_min for
+the jump to 0, so n - 2 levels are free.
 
 Units: B is the error of the final sample (EDM x at sigma = 0) per unit of the model error
 scale; `bound_terms` returns it per step (see `truncation_curve`).

@@ -181,7 +181,10 @@ def solve_from(lam_start: np.ndarray, p: float = 1.0, quadrature="auto", *, star
     are barrier=0.1, xtol=1e-8, min_gap=0, gradient="2-point".
     converged = KKT optimality <= kkt_tol (scaled objective) and constraint violation <= 1e-8.
     """
+    _check_p(p)
     lam_start = np.asarray(lam_start, dtype=np.float64)
+    if lam_start.ndim != 1 or lam_start.size < 2 or not np.all(np.isfinite(lam_start)):
+        raise ScheduleLabError("lam_start must be a 1-d array of >= 2 finite half-log-SNRs")
     n = lam_start.shape[0]
     m = n - 2
     l0, l1 = float(lam_start[0]), float(lam_start[-1])

@@ -1,17 +1,15 @@
-"""Cached calls into engine parts that a build may not contain yet (objectives, optimizers,
-image models). Each `*_available()` says whether the module is there; cached functions take
-plain hashable arguments and return numpy / plain data.
+"""Cached calls into the engine's objectives and optimizers (and, guardedly, the image models).
+Cached functions take plain hashable arguments and return numpy / plain data.
 
-Modules (imported guardedly, see app_lib.optional):
     core.objectives.klub.klub_curves(model, sampler, schedule, n_samples, c, seed)
-    core.objectives.stein.stein_curves(model, sampler, schedule, ...)
+    core.objectives.stein.stein_density / stein_curves(..., density=(grid, delta))
     core.objectives.truncation.truncation_curve(schedule, p)
-    core.optimizers.{ays,nonuniform,score_optimal}.*Optimizer
-    core.models.registry.load_model(name_or_path, device), model_names()
+    core.optimizers.{ays.AYSOptimizer, nonuniform.NonUniformOptimizer, score_optimal.ScoreOptimalOptimizer}
+    core.models.registry.load_model(name_or_path, device), model_names()   (guarded: other branch)
 """
 from __future__ import annotations
 
-import inspect
+import math
 
 import numpy as np
 import streamlit as st
@@ -19,72 +17,103 @@ import torch
 
 from app_lib.optional import optional
 from app_lib.state import toy_model, toy_sampler
+from core.objectives.klub import klub_curves
+from core.objectives.stein import log_grid, stein_curves, stein_density
+from core.objectives.truncation import SOLVER as NONUNIFORM_SOLVER
+from core.objectives.truncation import truncation_curve
+from core.optimizers.ays import AYSOptimizer, default_stages
+from core.optimizers.nonuniform import NonUniformOptimizer
+from core.optimizers.score_optimal import ScoreOptimalOptimizer
 from core.schedules import Schedule
+from toy_data import get_toy
 
-KLUB, STEIN, TRUNC = "core.objectives.klub", "core.objectives.stein", "core.objectives.truncation"
 REGISTRY = "core.models.registry"
-OPTIMIZERS = {  # method -> (module, class, label)
-    "ays": ("core.optimizers.ays", "AYSOptimizer", "Align Your Steps (KLUB search)"),
-    "nonuniform": ("core.optimizers.nonuniform", "NonUniformOptimizer", "DM-NonUniform (error bound, data-free)"),
-    "score_optimal": ("core.optimizers.score_optimal", "ScoreOptimalOptimizer", "Score-optimal (Stein cost)"),
+OPTIMIZERS = {  # method -> label
+    "ays": "Align Your Steps (KLUB search)",
+    "nonuniform": "DM-NonUniform (error bound, data-free, for dpmpp_3m)",
+    "score_optimal": "Score-optimal (Stein cost)",
+}
+# the page's knobs each method uses (the others are shown disabled)
+METHOD_KNOBS = {
+    "ays": {"steps", "stages", "n_samples", "n_candidates", "c", "max_iters", "heldout", "patience",
+            "heldout_solver", "heldout_n", "seed"},
+    "nonuniform": {"steps", "p", "maxiter", "starts"},
+    "score_optimal": {"steps", "n_samples", "levels", "v", "seed"},
 }
 
 
 def _plain(d: dict) -> dict:
-    """Tensors -> numpy, so results are cacheable and plottable."""
+    """Lists of numbers / tensors -> float64 numpy, so results are cacheable and plottable."""
     out = {}
     for k, v in d.items():
         if isinstance(v, torch.Tensor):
             v = v.detach().cpu().double().numpy()
-        elif isinstance(v, (list, tuple)) and v and isinstance(v[0], (int, float)):
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                        for x in v):
             v = np.asarray(v, dtype=np.float64)
         out[k] = v
     return out
 
 
-def accepted_kwargs(fn, pool: dict) -> dict:
-    """The entries of `pool` that `fn` (a function or class) accepts by name (all of them when
-    it takes **kwargs)."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return dict(pool)
-    return {k: v for k, v in pool.items() if k in params}
+def speed(v: float):
+    """Stein speed v(sigma) = sigma^v as the engine takes it (None = the default sigma^1)."""
+    v = float(v)
+    return None if v == 1.0 else (lambda s: np.asarray(s, dtype=np.float64) ** v)
 
 
 # ---------------------------------------------------------------- objectives
 @st.cache_data(show_spinner="Estimating KLUB per interval ...", max_entries=64)
 def klub(toy: str, kind: str, device: str, sigmas: tuple, n_samples: int, c: float, seed: int) -> dict:
-    m = optional(KLUB)
-    return _plain(m.klub_curves(toy_model(toy, kind, device), toy_sampler(toy), Schedule(sigmas),
-                                n_samples=n_samples, c=c, seed=seed))
+    return _plain(klub_curves(toy_model(toy, kind, device), toy_sampler(toy), Schedule(sigmas),
+                              n_samples=n_samples, c=c, seed=seed))
 
 
-@st.cache_data(show_spinner="Estimating the Stein cost per interval ...", max_entries=64)
-def stein(toy: str, kind: str, device: str, sigmas: tuple, n_samples: int, seed: int) -> dict:
-    m = optional(STEIN)
-    kw = accepted_kwargs(m.stein_curves, {"n_samples": n_samples, "seed": seed})
-    return _plain(m.stein_curves(toy_model(toy, kind, device), toy_sampler(toy), Schedule(sigmas), **kw))
+@st.cache_data(show_spinner="Estimating the Stein density ...", max_entries=32)
+def stein_grid_density(toy: str, kind: str, device: str, sigma_min: float, sigma_max: float, levels: int,
+                       n: int, v: float, seed: int) -> tuple:
+    """(grid, delta): the Stein cost density on `levels` log-spaced levels, shared by all schedules."""
+    grid = log_grid(sigma_min, sigma_max, levels)
+    return grid, stein_density(toy_model(toy, kind, device), toy_sampler(toy), grid, n=n, v=speed(v), seed=seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def stein(toy: str, kind: str, device: str, sigmas: tuple, sigma_range: tuple, levels: int, n: int, v: float,
+          seed: int) -> dict:
+    """core.objectives.stein.stein_curves of one schedule, on the density over `sigma_range`."""
+    dens = stein_grid_density(toy, kind, device, *sigma_range, levels, n, v, seed)
+    return _plain(stein_curves(None, None, Schedule(sigmas), n=n, v=speed(v), seed=seed, density=dens))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def truncation(sigmas: tuple, p: float) -> dict:
-    return _plain(optional(TRUNC).truncation_curve(Schedule(sigmas), p=p))
-
-
-def pick(d: dict, *names):
-    """The first of `names` present in d (engine dicts name their cost key after the method)."""
-    for n in names:
-        if n in d:
-            return n
-    return None
+    return _plain(truncation_curve(Schedule(sigmas), p=p))
 
 
 # ---------------------------------------------------------------- optimizers
-def optimizer_class(method: str):
-    mod, cls, _ = OPTIMIZERS[method]
-    m = optional(mod)
-    return None if m is None else getattr(m, cls)
+def optimizer_factory(method: str, knobs: dict, toy: str, kind: str, device: str):
+    """() -> a fresh optimizer of `method` built from the page's knobs (the same on resume).
 
+    knobs: steps, stages (count of hierarchical stages), n_samples, n_candidates, c, max_iters,
+    heldout (None = no early stopping), patience, heldout_solver, heldout_n, p, v, levels,
+    maxiter, starts, seed."""
+    k = knobs
+    model = toy_model(toy, kind, device)
+    if method == "ays":
+        stages = default_stages(k["steps"], k["stages"] - 1)
+        return lambda: AYSOptimizer(model, toy_sampler(toy), steps=k["steps"], stages=stages,
+                                    n_samples=k["n_samples"], n_candidates=k["n_candidates"], c=k["c"],
+                                    max_iters=k["max_iters"], heldout=k["heldout"], patience=k["patience"],
+                                    heldout_solver=k["heldout_solver"], heldout_n=k["heldout_n"],
+                                    mixture=get_toy(toy), seed=k["seed"])
+    if method == "nonuniform":
+        return lambda: NonUniformOptimizer(k["steps"], model.sigma_min, model.sigma_max, p=k["p"],
+                                           starts=tuple(k["starts"]), maxiter=k["maxiter"], strict=False)
+    if method == "score_optimal":
+        chunk = k["n_samples"] * max(1, math.ceil(k["levels"] / 10))         # about ten events
+        return lambda: ScoreOptimalOptimizer(model, toy_sampler(toy), k["steps"], levels=k["levels"],
+                                             n=k["n_samples"], v=speed(k["v"]), seed=k["seed"],
+                                             chunk_points=chunk)
+    raise KeyError(method)
 
 # ---------------------------------------------------------------- image models
 @st.cache_resource(show_spinner="Loading image model ...")

@@ -132,38 +132,43 @@ def cumulative_fig(cums: dict, title: str) -> go.Figure:
 
 # ---------------------------------------------------------------- optimizer
 def optimizer_points_fig(history: list, title: str = "Schedule points over iterations") -> go.Figure:
-    """Every event's positive sigmas against its iteration (log y): points moving as it runs."""
+    """Every event's positive sigmas against its iteration (log y), one series per "group" (AYS
+    stage, DM-NonUniform start); placeholder events (no schedule yet) are left out."""
     fig = go.Figure()
-    stages = sorted({h["stage"] for h in history})
-    for j, st_ in enumerate(stages):
+    groups = list(dict.fromkeys(h.get("group", f"stage {h['stage']}") for h in history if not h.get("placeholder")))
+    for j, g in enumerate(groups):
         xs, ys = [], []
         for h in history:
-            if h["stage"] == st_:
+            if h.get("group", f"stage {h['stage']}") == g and not h.get("placeholder"):
                 pos = _positive(h["sigmas"])
                 xs.extend([h["iteration"]] * len(pos))
                 ys.extend(pos.tolist())
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=f"stage {st_}",
-                                 marker=dict(size=5, color=color(j))))
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=g, marker=dict(size=5, color=color(j))))
     fig.update_yaxes(type="log", title="sigma")
     fig.update_xaxes(title="iteration")
     return _layout(fig, title)
 
 
-def optimizer_curves_fig(history: list, best_iteration=None,
+def optimizer_curves_fig(history: list, early_stopped_at=None, best_so_far=None,
                          title: str = "Objective and held-out metric") -> go.Figure:
-    """Objective (left axis) and held-out metric (right axis) per iteration; the
-    early-stopping point (best held-out iteration) marked with a vertical line."""
-    it = [h["iteration"] for h in history]
-    fig = go.Figure([go.Scatter(x=it, y=[h["objective"] for h in history], mode="lines+markers",
+    """Objective (left axis) and held-out metric (right axis) per iteration (events without an
+    objective value are left out); the early-stopping point the optimizer reported as a dashed
+    vertical line, the best held-out iteration so far (while it runs) as a dotted one."""
+    obj = [(h["iteration"], h["objective"]) for h in history
+           if h["objective"] is not None and np.isfinite(h["objective"])]
+    fig = go.Figure([go.Scatter(x=[a for a, _ in obj], y=[b for _, b in obj], mode="lines+markers",
                                 name="objective", line=dict(color=color(0)))])
     held = [(h["iteration"], h["heldout"]) for h in history if h.get("heldout") is not None]
     if held:
         fig.add_trace(go.Scatter(x=[a for a, _ in held], y=[b for _, b in held], mode="lines+markers",
                                  name="held-out", yaxis="y2", line=dict(color=color(1))))
         fig.update_layout(yaxis2=dict(title="held-out (lower is better)", overlaying="y", side="right"))
-    if best_iteration is not None:
-        fig.add_vline(x=best_iteration, line_dash="dash", line_color="green",
+    if early_stopped_at is not None:
+        fig.add_vline(x=early_stopped_at, line_dash="dash", line_color="green",
                       annotation_text="early-stopping point", annotation_position="top left")
+    elif best_so_far is not None:
+        fig.add_vline(x=best_so_far, line_dash="dot", line_color="gray",
+                      annotation_text="best held-out so far", annotation_position="top left")
     fig.update_xaxes(title="iteration")
     fig.update_yaxes(title="objective")
     return _layout(fig, title)

@@ -19,7 +19,10 @@ class OptimizerRun:
         knobs: the knobs as plain data (shown with the result).
     Attributes:
         status: "running" | "stopped" | "done" | "failed".
-        history: one dict per event (ProgressEvent.to_dict() plus "best_iteration").
+        history: one dict per event: ProgressEvent.to_dict() plus "early_stopped_at" (AYS:
+            extra["early_stopped_at"], the sweep kept when the first stage stopped), "group"
+            (the plot series: "stage K", or DM-NonUniform's "start NAME" and its final "result") and "placeholder"
+            (True for events whose schedule is not a result yet: score-optimal's density chunks).
         state: the optimizer's state_dict() after the last pulled batch (what Resume loads).
         message: the last event's message, or the error of a failed run.
     """
@@ -27,12 +30,12 @@ class OptimizerRun:
     def __init__(self, method: str, factory: Callable, knobs: dict):
         self.method, self.factory, self.knobs = method, factory, dict(knobs)
         self.history, self.state, self.status, self.message = [], None, "stopped", ""
-        self.saved_label = None
+        self.saved_label, self.saved_solver = None, None
         self._opt, self._gen = None, None
 
     # ---- control
     def start(self) -> "OptimizerRun":
-        self.history, self.state, self.saved_label = [], None, None
+        self.history, self.state, self.saved_label, self.saved_solver = [], None, None, None
         self._opt = self.factory()
         self._gen = self._opt.events()
         self.status, self.message = "running", "started"
@@ -50,6 +53,11 @@ class OptimizerRun:
             raise ScheduleLabError("nothing to resume: start a run first")
         self._opt = self.factory()
         self._opt.load_state_dict(self.state)
+        # events after the state's iteration are recomputed on resume (DM-NonUniform restarts an
+        # unfinished start): drop them so the history matches an uninterrupted run
+        it = self.state.get("iteration")
+        if isinstance(it, int):
+            self.history = [h for h in self.history if h["iteration"] <= it]
         self._gen = self._opt.events()
         self.status, self.message = "running", f"resumed from iteration {self.iteration}"
 
@@ -64,8 +72,11 @@ class OptimizerRun:
                 if ev is None:
                     self.status = "done"
                     break
-                rec = ev.to_dict()
-                rec["best_iteration"] = (ev.extra or {}).get("best_iteration")
+                rec, extra = ev.to_dict(), ev.extra or {}
+                rec["early_stopped_at"] = extra.get("early_stopped_at")
+                rec["group"] = (f"start {extra['start']}" if "start" in extra else
+                                "result" if "best_start" in extra else f"stage {ev.stage}")
+                rec["placeholder"] = self.method == "score_optimal" and not ev.done
                 self.history.append(rec)
                 new.append(rec)
                 self.message = ev.message or self.message
@@ -86,12 +97,19 @@ class OptimizerRun:
         return self.history[-1]["iteration"] if self.history else None
 
     @property
-    def best_iteration(self):
-        """The early-stopping point the optimizer reported last (None when it reports none)."""
+    def early_stopped_at(self):
+        """The early-stopping point the optimizer reported last (AYS: the first-stage sweep kept;
+        None while the first stage runs and for methods without early stopping)."""
         for h in reversed(self.history):
-            if h.get("best_iteration") is not None:
-                return h["best_iteration"]
+            if h.get("early_stopped_at") is not None:
+                return h["early_stopped_at"]
         return None
+
+    @property
+    def best_so_far(self):
+        """AYS: the iteration with the best held-out metric so far (from the optimizer's state)."""
+        best = (self.state or {}).get("best")
+        return best.get("iteration") if isinstance(best, dict) else None
 
     def result(self):
         """The optimizer's result() (final or best so far); rebuilt from the state when stopped."""

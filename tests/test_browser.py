@@ -1,6 +1,6 @@
 """One real-browser test: `streamlit run app.py` on a free localhost port, driven by Debian's
 Chromium through Playwright. Every page loads without an exception or error block and draws a
-plotly chart; the optimizer's Start changes its plot (once core.optimizers.ays is merged).
+plotly chart; the optimizer's Start changes its plot (the real AYS optimizer), Stop and Resume work.
 Screenshots go to the test's temporary folder.
 
 Chromium missing: the test fails under CI (CI=true; .ci/run installs it), and skips locally."""
@@ -16,8 +16,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from app_helpers import missing_ok, require
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -145,9 +143,7 @@ def test_every_page_renders_without_errors(server, browser, tmp_path):
         [f"{p or 'playground'}.png" for p in PAGES] + ["playground_gaussian.png"])
 
 
-@missing_ok
 def test_optimizer_start_changes_the_plot(server, browser, tmp_path):
-    require("core.optimizers.ays")
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{server}/optimizer", timeout=120_000)
     _settle(page)

@@ -203,6 +203,7 @@ def test_events_state_and_resume():
     rest = list(resumed.events())
     assert rest[-1].done and not any(e.extra.get("start") == "uniform_lambda" for e in rest[:-1])
     assert [r["start"] for r in resumed.info()["runs"]] == list(STARTS)
+    assert resumed.converged and resumed.status in (1, 2) and resumed.message
     full, _ = optimize_nonuniform(6)
     assert np.allclose(resumed.result().sigmas, full.sigmas, rtol=1e-9)
     with pytest.raises(ScheduleLabError, match="different"):
@@ -252,6 +253,7 @@ def test_truncation_curve_keys_and_sums():
 
 @pytest.mark.parametrize("call", [
     lambda: optimize_nonuniform(0),
+    lambda: optimize_nonuniform(1),
     lambda: optimize_nonuniform("5"),
     lambda: optimize_nonuniform(5, p=-1),
     lambda: optimize_nonuniform(5, process="nope"),

@@ -30,8 +30,18 @@ from core.train.toy import (BAND_EDGES, P_MEAN, P_STD, SIGMA_MAX, SIGMA_MIN, edm
 from toy_data import TOYS, get_toy
 
 ROOT = Path(__file__).resolve().parents[1]
-MARGIN = 3.0          # measured error may exceed the card's by this factor (fresh seed, fewer points)
-N_ERR = 3000
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small batched MLP calls: one thread is as fast on an idle machine and 20-50x faster on
+    an oversubscribed one (measured on the shared 2-core box); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+MARGIN = 4.0   # measured error may exceed the card's by this factor: fresh seed and 1000 points
+N_ERR = 1000   # per band, against the card's 20000 (4 x 8 x 5 re-draws at 1000 points: worst ratio 2.85)
 
 
 @pytest.mark.parametrize("toy", TOYS)
@@ -93,7 +103,7 @@ def test_card_lists_every_toy_with_its_metadata():
         assert f"{meta['model_error'][0]['mse']:.2e}" in err_row
 
 
-@pytest.mark.parametrize("toy,margin", [("grid8x8", 0.35), ("moons", 0.1)])
+@pytest.mark.parametrize("toy,margin", [("grid8x8", 0.1), ("moons", 0.05)])
 def test_mlp_samples_nll_close_to_exact(toy, margin):
     """30 Heun steps (Karras): NLL of MLP samples within `margin` nats of the exact denoiser's
     samples from the same initial noise."""
@@ -153,7 +163,8 @@ def test_train_tiny_budget_lowers_loss_and_loads(tmp_path, monkeypatch):
     from core.cli import main
     out = tmp_path / "toy_mlp"
     rc = main(["train-toy", "moons", "--steps", "40", "--batch", "256", "--width", "64",
-               "--depth", "2", "--lr", "3e-3", "--ema", "0", "--out", str(out), "--quiet"])
+               "--depth", "2", "--lr", "3e-3", "--ema", "0", "--error-n", "500", "--out", str(out),
+               "--quiet"])
     assert rc == 0
     meta = read_metadata(out / "moons.safetensors")
     assert meta["steps"] == 40 and meta["toy"] == "moons" and meta["batch"] == 256

@@ -35,6 +35,8 @@ def register_toy(sub):
                    help="(re)write CARD.md in the output folder after training")
     p.add_argument("--card-only", action="store_true",
                    help="only (re)write CARD.md from the checkpoints already in the folder")
+    p.add_argument("--error-n", type=int, default=20000,
+                   help="points per sigma band for the model error stored with the weights")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -86,21 +88,26 @@ def _train_one(a, toy, out):
     from tqdm import tqdm
 
     from core.train.toy import train_and_save
-    bar = tqdm(total=a.steps, desc=f"train-toy {toy}", disable=a.quiet or a.json, leave=False,
-               mininterval=1.0)
+    bar = None                               # created on the first step, after validation
 
     def progress(step, loss):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=a.steps, desc=f"train-toy {toy}", disable=a.quiet or a.json,
+                       leave=False, mininterval=1.0)
         bar.update(1)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss:.4f}")
     try:
-        return train_and_save(toy, out=out, progress=progress, steps=a.steps, seconds=a.seconds,
+        return train_and_save(toy, out=out, progress=progress, error_n=a.error_n,
+                              steps=a.steps, seconds=a.seconds,
                               seed=a.seed, batch=a.batch, lr=a.lr, ema=a.ema,
                               uniform_frac=a.uniform_frac, width=a.width, depth=a.depth,
                               xfeat=a.xfeat, xscale=a.xscale, target=a.target,
                               wide_frac=a.wide_frac, wide_max=a.wide_max, device=a.device)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 def register(sub):

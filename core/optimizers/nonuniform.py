@@ -9,7 +9,9 @@ under the paper's linear ordering constraints with a small margin
 
 by `scipy.optimize.minimize(method="trust-constr")` with the exact gradient (torch autograd,
 float64) and a BFGS Hessian approximation, from several starts (uniform lambda, uniform in the
-process's time t, EDM rho = 7); the lowest converged bound wins.  Convergence is reported per
+process's time t, EDM rho = 7); the lowest converged bound wins.  Where the bound has kinks
+(|c_j| at signed nodes, NFE <= 7 under the reference rule) it is solved in epigraph form (see
+`solve_from`).  Convergence is reported per
 start (`status`, `message`, `optimality`, `constr_violation`) and a run in which no start
 converged raises ScheduleLabError unless strict=False (then it is returned flagged).
 
@@ -33,12 +35,12 @@ from core.optimizers.base import Optimizer, ProgressEvent
 from core.schedules import Schedule
 
 STARTS = ("uniform_lambda", "uniform_t", "edm")
-CONVERGED_STATUS = (1, 2)     # trust-constr: 1 = gtol reached, 2 = xtol (trust radius) reached
 
 
 @dataclass
 class StartResult:
-    """One trust-constr run.  `converged` = status in (1, 2) and constraints satisfied."""
+    """One trust-constr run.  converged = KKT optimality <= kkt_tol and constraints satisfied
+    (whatever stopped the run: trust-constr status 1 = gtol, 2 = xtol, 0 = maxiter)."""
 
     start: str
     lam: np.ndarray                 # [n] levels lambda_0 .. lambda_{n-1}
@@ -163,7 +165,7 @@ class _Evaluator:
 def solve_from(lam_start: np.ndarray, p: float = 1.0, quadrature="auto", *, start: str = "custom",
                scale: float | None = None, gradient: str = "exact", gtol: float = 1e-8,
                kkt_tol: float = 1e-5, maxiter: int = 1000, min_gap: float | None = None,
-               barrier: float = 1e-5, record: bool = False) -> StartResult:
+               barrier: float = 1e-5, xtol: float = 1e-12, record: bool = False) -> StartResult:
     """One trust-constr run from `lam_start` ([n] increasing); endpoints stay fixed.
 
     gradient="exact": torch autograd gradients (float64).  The kinks of |c_j| at signed nodes
@@ -174,10 +176,15 @@ def solve_from(lam_start: np.ndarray, p: float = 1.0, quadrature="auto", *, star
         the benchmark.
     scale: objective normaliser (default: B at the start).  min_gap: ordering margin in lambda
     (default 1e-3 of the mean step).  barrier: trust-constr's initial barrier parameter (small,
-    since the solutions are interior).  record: keep every iterate (progress events).
+    since the solutions are interior).  xtol: trust-radius termination (tiny: gtol decides).
+    record: keep every iterate (progress events).  SciPy's defaults (the reference code's call)
+    are barrier=0.1, xtol=1e-8, min_gap=0, gradient="2-point".
     converged = KKT optimality <= kkt_tol (scaled objective) and constraint violation <= 1e-8.
     """
+    _check_p(p)
     lam_start = np.asarray(lam_start, dtype=np.float64)
+    if lam_start.ndim != 1 or lam_start.size < 2 or not np.all(np.isfinite(lam_start)):
+        raise ScheduleLabError("lam_start must be a 1-d array of >= 2 finite half-log-SNRs")
     n = lam_start.shape[0]
     m = n - 2
     l0, l1 = float(lam_start[0]), float(lam_start[-1])
@@ -188,7 +195,7 @@ def solve_from(lam_start: np.ndarray, p: float = 1.0, quadrature="auto", *, star
         return StartResult(start, lam_start, b_start, b_start, True, 1,
                            "no interior level to optimize (steps <= 2)", 0, 1, 0.0, 0.0, 0.0)
     gap = 1e-3 * (l1 - l0) / (n - 1) if min_gap is None else float(min_gap)
-    if not np.all(np.diff(lam_start) > gap):
+    if not np.all(np.diff(lam_start) > max(gap, 0.0)):
         raise ScheduleLabError(f"start {start!r} violates the ordering margin {gap:g} in lambda")
     signed = signed_nodes(n, quadrature) if gradient == "exact" else ()
     ns = len(signed)
@@ -203,7 +210,7 @@ def solve_from(lam_start: np.ndarray, p: float = 1.0, quadrature="auto", *, star
                 b = float(bound(torch.from_numpy(np.r_[l0, x, l1]), p, quadrature))
             iterates.append((int(intermediate_result.nit), np.r_[l0, x, l1], b))
 
-    opts = {"gtol": gtol, "xtol": 1e-12, "maxiter": maxiter, "initial_barrier_parameter": barrier}
+    opts = {"gtol": gtol, "xtol": xtol, "maxiter": maxiter, "initial_barrier_parameter": barrier}
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="delta_grad == 0.0")
@@ -255,8 +262,9 @@ def _schedule(lam: np.ndarray, sigma_max: float, sigma_min: float, **params) -> 
 
 
 def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ScheduleLabError(f"steps must be a positive integer; got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
+        raise ScheduleLabError(f"DM-NonUniform needs an integer steps >= 2 (sigma_max, sigma_min, 0; "
+                               f"n - 2 levels are optimized); got {steps!r}")
     if steps > 200:
         raise ScheduleLabError(f"steps = {steps} is more than DM-NonUniform is meant for (<= 200); "
                                "it optimizes few-step schedules")
@@ -302,6 +310,7 @@ class NonUniformOptimizer(Optimizer):
         self.gtol, self.kkt_tol, self.maxiter = gtol, kkt_tol, maxiter
         self.done: list[StartResult] = []
         self.iteration = 0
+        self._iteration_done = 0      # iteration count when the last start finished (what a resume restarts from)
 
     def _config(self) -> dict:
         return {"steps": self.steps, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "p": self.p,
@@ -325,6 +334,7 @@ class NonUniformOptimizer(Optimizer):
             r.iterates = []
             self.done.append(r)
             self.iteration += 1
+            self._iteration_done = self.iteration
             flag = "converged" if r.converged else "NOT converged"
             yield ProgressEvent(self.method, self.iteration, self._sched(r.lam), r.objective,
                                 message=f"start {st}: {flag} after {r.nit} iterations ({r.message})",
@@ -344,7 +354,17 @@ class NonUniformOptimizer(Optimizer):
 
     @property
     def converged(self) -> bool:
+        """Whether the best start converged (False before any start has run)."""
         return bool(self.done) and self._best().converged
+
+    @property
+    def status(self) -> int | None:
+        """trust-constr status of the best start (1 gtol, 2 xtol, 0 maxiter), None before a run."""
+        return self._best().status if self.done else None
+
+    @property
+    def message(self) -> str:
+        return self._best().message if self.done else "not run"
 
     def info(self) -> dict:
         """Convergence report: objective, converged, status, message, optimality, constr_violation,
@@ -371,14 +391,15 @@ class NonUniformOptimizer(Optimizer):
         return _schedule(lam, self.sigma_max, self.sigma_min, **params)
 
     def state_dict(self) -> dict:
-        return {"method": self.method, "config": self._config(), "iteration": self.iteration,
+        # an unfinished start is rerun from its beginning on resume, so its iterations are not counted
+        return {"method": self.method, "config": self._config(), "iteration": self._iteration_done,
                 "done": [r.to_dict() for r in self.done]}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("method") != self.method or state.get("config") != self._config():
             raise ScheduleLabError("this state belongs to a different DM-NonUniform run (steps, range, p, "
                                    "process, starts or quadrature differ); start afresh")
-        self.iteration = int(state["iteration"])
+        self.iteration = self._iteration_done = int(state["iteration"])
         self.done = [StartResult.from_dict(d) for d in state["done"]]
 
 

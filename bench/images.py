@@ -1,0 +1,225 @@
+"""Schedules on the shipped digits model: FD / KID / reference error per schedule x solver x NFE.
+
+    python bench/images.py [--n 1000] [--seeds 1] [--nfe 5,6,8,10,15,20] [--quick]
+
+- heuristics: EDM (karras, rho 7), log-linear, time-uniform (VP), KL-optimal (c = 0.5);
+- optimized schedules when their modules are in the tree (imported guardedly): AYS
+  (core.optimizers.ays, optimized on the digits training split, its wall time reported),
+  DM-NonUniform (core.optimizers.nonuniform, data-free, one optimization per NFE),
+  score-optimal (core.optimizers.score_optimal);
+- solvers DPM-Solver++(2M), SDE-DPM-Solver++(2M), Euler; NFE 9 is added for dpmpp_2m so the
+  papers' headline "optimized at n >= best heuristic at 1.5 n" can be checked at n = 6 and 10;
+- metrics (core.metrics.images) against the 450 held-out digits; the reference error is against
+  Heun 50 steps (99 NFE) from the same noise, ODE solvers only;
+- interactive timing: a 64-image grid at NFE 10 with dpmpp_2m, and its ratio to 10 bare calls
+  of the same denoiser on the same batch (engine overhead), best of several repeats.
+Writes bench/results/images.json and prints markdown tables.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._common import table, timeit, write  # noqa: E402
+from core.metrics import images as im  # noqa: E402
+from core.models.digits import load_digits_model  # noqa: E402
+from core.sampling import generate, initial_noise  # noqa: E402
+from core.schedules import make_schedule  # noqa: E402
+from core.solvers import get_solver  # noqa: E402
+
+HEURISTICS = ("karras", "loglinear", "time_uniform", "kl_optimal")
+SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde", "euler")
+NFES = (5, 6, 8, 10, 15, 20)
+
+
+def interactive_timing(model, repeat: int = 9) -> dict:
+    """64 images, NFE 10, dpmpp_2m on karras: engine wall time vs 10 bare denoiser calls."""
+    sched = make_schedule("karras", 10)
+    x = initial_noise(model, 64, sched.sigma_max, seed=0)
+    with torch.no_grad():
+        model(x, 1.0)                                               # warm-up
+    bare, eng = math.inf, math.inf
+    for _ in range(repeat):                                         # interleaved: same load for both
+        with torch.no_grad():
+            bare = min(bare, timeit(lambda: [model(x, s) for s in sched.sigmas[:10]], 1))
+        eng = min(eng, timeit(lambda: generate(model, sched, 64, "dpmpp_2m", seed=0), 1))
+    cpu0 = time.process_time()
+    generate(model, sched, 64, "dpmpp_2m", seed=0)
+    return {"grid_seconds": eng, "bare_calls_seconds": bare, "overhead_ratio": eng / bare,
+            "grid_cpu_seconds": time.process_time() - cpu0, "threads": torch.get_num_threads(),
+            "load_average": os.getloadavg()[0], "target_seconds": 1.0, "target_overhead": 1.05}
+
+
+def _module(name):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name == name:
+            return None
+        raise
+
+
+def optimized_schedules(model, nfes, a) -> tuple:
+    """{name: {nfe: Schedule}} for every optimizer present, and {name: info (seconds, error)}."""
+    out, info = {}, {}
+    data = load_digits_train()
+    ays = _module("core.optimizers.ays")
+    if ays is not None and not a.no_ays:
+        try:
+            from core.optimizers.base import run_to_end
+            t0 = time.perf_counter()
+            opt = ays.AYSOptimizer(model, lambda n, g: data[torch.randint(0, data.shape[0], (n,), generator=g)],
+                                   steps=10, n_samples=a.ays_samples, max_iters=a.ays_iters,
+                                   heldout="ref_error", heldout_n=a.ays_heldout_n, seed=0, chunk=256)
+            run_to_end(opt)
+            info["ays"] = {"seconds": time.perf_counter() - t0, "stages": list(opt.stages),
+                           "n_samples": a.ays_samples, "max_iters": a.ays_iters, "heldout_n": a.ays_heldout_n,
+                           "sigmas_10": list(opt.result(10).sigmas)}
+            out["ays"] = {n: opt.result(n) for n in nfes}
+        except Exception as e:  # an optimizer still in development must not sink the bench
+            info["ays"] = {"error": f"{type(e).__name__}: {e}"}
+    nu = _module("core.optimizers.nonuniform")
+    if nu is not None:
+        try:
+            from core.optimizers.base import run_to_end
+            t0, sch = time.perf_counter(), {}
+            for n in nfes:
+                sch[n] = run_to_end(nu.NonUniformOptimizer(n, model.sigma_min, model.sigma_max, p=1.0))
+            info["nonuniform"] = {"seconds": time.perf_counter() - t0}
+            out["nonuniform"] = sch
+        except Exception as e:
+            info["nonuniform"] = {"error": f"{type(e).__name__}: {e}"}
+    so = _module("core.optimizers.score_optimal")
+    if so is not None:
+        try:
+            t0 = time.perf_counter()
+            out["score_optimal"] = {n: _score_optimal(so, model, data, n) for n in nfes}
+            info["score_optimal"] = {"seconds": time.perf_counter() - t0}
+        except Exception as e:
+            info["score_optimal"] = {"error": f"{type(e).__name__}: {e}"}
+    return out, info
+
+
+def _score_optimal(so, model, data, n):
+    """Whatever entry point the score-optimal module offers (function or Optimizer class)."""
+    from core.optimizers.base import run_to_end
+    sampler = lambda k, g: data[torch.randint(0, data.shape[0], (k,), generator=g)]  # noqa: E731
+    if hasattr(so, "score_optimal_schedule"):
+        return so.score_optimal_schedule(model, sampler, n)
+    cls = next(getattr(so, k) for k in dir(so) if k.endswith("Optimizer") and k != "Optimizer")
+    return run_to_end(cls(model, sampler, steps=n))
+
+
+def load_digits_train():
+    from core.data.digits import load_digits_split
+    return load_digits_split().train_x
+
+
+def run_cells(model, schedules: dict, solvers, nfes, n, seeds, progress=True) -> list:
+    """One row per (schedule, solver, nfe) with fd, kid, ref_error (+ CIs), confidence."""
+    rows = []
+    for name, by_nfe in schedules.items():
+        for solver in solvers:
+            spec = get_solver(solver)
+            for nfe in nfes:
+                if nfe not in by_nfe:
+                    continue
+                t0 = time.perf_counter()
+                r = im.evaluate_images(model, by_nfe[nfe], solver, n=n, seeds=seeds)
+                row = {"schedule": name, "solver": spec.name, "nfe": r["nfe"], "n": n,
+                       "sigmas": r["sigmas"], "seconds": time.perf_counter() - t0}
+                for k in ("fd", "kid", "ref_error", "confidence", "balance_max_dev"):
+                    row[k], row[k + "_ci"] = r[k], r[k + "_ci"]
+                rows.append(row)
+                if progress:
+                    print(f"{name:13s} {spec.name:13s} NFE {r['nfe']:2d}  FD {r['fd']:.4f}  KID {r['kid']:.4f}"
+                          f"  ref {r['ref_error'] if r['ref_error'] is not None else float('nan'):.4f}"
+                          f"  {row['seconds']:.0f} s", file=sys.stderr, flush=True)
+    return rows
+
+
+def headline(rows, optimized, ns=(6, 10), solver="dpmpp_2m") -> list:
+    """Optimized at n vs the best heuristic at round(1.5 n) (FD, dpmpp_2m)."""
+    out = []
+    fd = {(r["schedule"], r["solver"], r["nfe"]): r["fd"] for r in rows}
+    for n in ns:
+        m = round(1.5 * n)
+        heur = [(fd[(h, solver, m)], h) for h in HEURISTICS if (h, solver, m) in fd]
+        if not heur:
+            continue
+        best_fd, best = min(heur)
+        for o in optimized:
+            if (o, solver, n) in fd:
+                out.append({"optimized": o, "n": n, "fd_optimized": fd[(o, solver, n)], "heuristic": best,
+                            "nfe_heuristic": m, "fd_heuristic": best_fd,
+                            "holds": fd[(o, solver, n)] <= best_fd})
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1000, help="samples per cell and seed")
+    ap.add_argument("--seeds", type=int, default=1, help="seeds per cell (CIs need >= 2)")
+    ap.add_argument("--nfe", default=",".join(map(str, NFES)))
+    ap.add_argument("--solvers", default=",".join(SOLVERS))
+    ap.add_argument("--schedules", default=",".join(HEURISTICS))
+    ap.add_argument("--no-ays", action="store_true", help="skip the AYS optimization")
+    ap.add_argument("--ays-samples", type=int, default=128, help="KLUB samples per sweep (paper: 8192)")
+    ap.add_argument("--ays-iters", type=int, default=3, help="sweep cap per stage")
+    ap.add_argument("--ays-heldout-n", type=int, default=128)
+    ap.add_argument("--quick", action="store_true", help="n=200, NFE 5,10, dpmpp_2m only, no AYS")
+    ap.add_argument("--out", default="images")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.n, a.nfe, a.solvers, a.no_ays = 200, "5,10", "dpmpp_2m", True
+    nfes = tuple(int(v) for v in a.nfe.split(","))
+    solvers = tuple(a.solvers.split(","))
+    seeds = tuple(range(a.seeds))
+    t_all = time.perf_counter()
+    model = load_digits_model()
+    timing = interactive_timing(model)
+    print(f"64-image grid, NFE 10, dpmpp_2m: {timing['grid_seconds']:.3f} s, overhead x{timing['overhead_ratio']:.3f}",
+          file=sys.stderr)
+    heur_nfes = sorted(set(nfes) | ({9} if "dpmpp_2m" in solvers and {6, 10} <= set(nfes) else set()))
+    schedules = {h: {k: make_schedule(h, k) for k in heur_nfes} for h in a.schedules.split(",")}
+    opt, opt_info = optimized_schedules(model, nfes, a)
+    rows = run_cells(model, schedules, ("dpmpp_2m",), [9], a.n, seeds) if 9 in heur_nfes else []
+    for name in schedules:
+        schedules[name].pop(9, None)
+    rows += run_cells(model, {**schedules, **opt}, solvers, nfes, a.n, seeds)
+    head = headline(rows, list(opt))
+    for metric in ("fd", "kid", "ref_error"):
+        trows = []
+        for (s, sol) in dict.fromkeys((r["schedule"], r["solver"]) for r in rows):
+            cell = {r["nfe"]: r[metric] for r in rows if r["schedule"] == s and r["solver"] == sol}
+            trows.append({"schedule": s, "solver": sol, **{f"NFE {k}": (math.nan if v is None else v)
+                                                            for k, v in sorted(cell.items())}})
+        cols = ["schedule", "solver"] + [f"NFE {k}" for k in sorted({r["nfe"] for r in rows})]
+        print(table(trows, cols, f"{metric} (digits, n={a.n} per cell, {len(seeds)} seed(s))"))
+        print()
+    print(table([timing], ["grid_seconds", "bare_calls_seconds", "overhead_ratio", "grid_cpu_seconds",
+                           "load_average"], "Interactive: 64 images, NFE 10, dpmpp_2m"))
+    print()
+    if head:
+        print(table(head, ["optimized", "n", "fd_optimized", "heuristic", "nfe_heuristic", "fd_heuristic", "holds"],
+                    "Headline: optimized at n vs best heuristic at 1.5 n (FD, dpmpp_2m)"))
+    for k, v in opt_info.items():
+        print(f"{k}: {v}")
+    real = im.frechet_distance(im.real_features("train")[1], im.real_features("test")[1])
+    payload = {"n": a.n, "seeds": list(seeds), "nfes": list(nfes), "solvers": list(solvers),
+               "model_fingerprint": im.model_fingerprint(model), "fd_real_train_vs_heldout": real,
+               "interactive": timing, "optimizers": opt_info, "headline": head, "rows": rows,
+               "seconds_total": time.perf_counter() - t_all, "load_average_end": os.getloadavg()[0]}
+    print("wrote", write(a.out, payload))
+
+
+if __name__ == "__main__":
+    main()

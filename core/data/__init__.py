@@ -1,0 +1,1 @@
+"""Image data sets that ship offline (scikit-learn's digits)."""

@@ -1,0 +1,161 @@
+"""Which image models exist and how a `--model` string becomes a Denoiser.
+
+`load_model(spec, device, **options)` resolves, in order:
+1. a shipped model name in `MODELS` ("digits": checkpoints/digits/unet.safetensors), cached;
+2. the first resolver in `RESOLVERS` whose `match(spec, options)` is true. Resolvers are the
+   hook for other model sources: `register_resolver(kind, match, load, help)` adds one.
+   Shipped here: `unet` (a .safetensors written by `python -m core train-images`), and,
+   when their modules are present, `diffusers` (a `save_pretrained` UNet2DModel folder, or an
+   explicit hub id with allow_hub=True) and `module` (`module.py:ClassName` + weights + params).
+`options` carry what a source needs (weights, params, allow_hub); unused ones are ignored.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+from core.device import resolve_device
+from core.errors import ScheduleLabError
+from core.models.base import Denoiser
+from core.models.digits import DIGITS_CHECKPOINT, load_digits_model, load_unet_checkpoint
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A shipped model: how to load it, where its weights are, what data and metrics go with it."""
+    name: str
+    load: Callable[[object], Denoiser]            # device -> Denoiser
+    path: Path
+    description: str
+    data: Callable[[], object] | None = None      # () -> training images [N, *event_shape] (model units)
+    metrics: str | None = None                    # "digits": the digit classifier's metrics apply
+
+
+@dataclass(frozen=True)
+class Resolver:
+    """A family of model specs (paths, folders, module:Class strings)."""
+    kind: str
+    match: Callable[[str, dict], bool]             # (spec, options) -> handles it?
+    load: Callable[..., Denoiser]                  # (spec, device, **options) -> Denoiser
+    help: str
+    options: tuple = field(default_factory=tuple)  # option names it reads
+
+
+def _digits_data():
+    from core.data.digits import load_digits_split
+    return load_digits_split().train_x
+
+
+MODELS: dict[str, ModelEntry] = {
+    "digits": ModelEntry("digits", load_digits_model, DIGITS_CHECKPOINT,
+                         "EDM UNet on scikit-learn digits, 1x16x16 in [-1, 1] (checkpoints/digits/CARD.md)",
+                         data=_digits_data, metrics="digits"),
+}
+
+RESOLVERS: dict[str, Resolver] = {}
+
+
+def register_resolver(kind: str, match, load, help: str, options: tuple = (), first: bool = False) -> None:
+    """Add (or replace) a resolver; it is tried after the existing ones, or before them with first=True
+    (for a spec form that a broader resolver, e.g. `module`'s "a:b", would otherwise claim)."""
+    RESOLVERS.pop(kind, None)
+    r = Resolver(kind, match, load, help, tuple(options))
+    if first:
+        rest = dict(RESOLVERS)
+        RESOLVERS.clear()
+        RESOLVERS.update({kind: r, **rest})
+    else:
+        RESOLVERS[kind] = r
+
+
+def model_names() -> tuple:
+    """Names of the shipped models."""
+    return tuple(MODELS)
+
+
+def model_entry(name: str) -> ModelEntry | None:
+    """The shipped entry for a name, or None for paths / other specs."""
+    return MODELS.get(name)
+
+
+def load_model(name_or_path: str, device="cpu", **options) -> Denoiser:
+    """A Denoiser for a shipped name or any spec a resolver accepts (see module docstring)."""
+    spec = str(name_or_path)
+    dev = str(resolve_device(device))
+    if spec in MODELS:
+        return _load_named(spec, dev)
+    for r in RESOLVERS.values():
+        if r.match(spec, options):
+            return r.load(spec, dev, **{k: v for k, v in options.items() if k in r.options})
+    forms = "; ".join(f"{r.kind}: {r.help}" for r in RESOLVERS.values())
+    raise ScheduleLabError(f"unknown model {spec!r}: not a shipped model ({', '.join(MODELS)}) and no "
+                           f"resolver accepts it ({forms}); if it is a file or folder, check the path")
+
+
+@lru_cache(maxsize=8)
+def _load_named(name: str, device: str) -> Denoiser:
+    return MODELS[name].load(device)
+
+
+def list_models() -> list:
+    """Shipped models and the accepted spec forms, for `python -m core models`."""
+    rows = []
+    for e in MODELS.values():
+        rows.append({"name": e.name, "kind": "shipped", "path": str(e.path), "available": e.path.is_file(),
+                     "description": e.description})
+    for r in RESOLVERS.values():
+        rows.append({"name": None, "kind": r.kind, "path": None, "available": True, "description": r.help})
+    return rows
+
+
+# ---- resolvers --------------------------------------------------------------------------------
+
+def _is_unet_file(spec: str, options: dict) -> bool:
+    return spec.endswith(".safetensors") and ":" not in Path(spec).name
+
+
+def _load_unet_file(spec: str, device: str) -> Denoiser:
+    return load_unet_checkpoint(spec, device)
+
+
+register_resolver("unet", _is_unet_file, _load_unet_file,
+                  "PATH.safetensors written by `python -m core train-images` (UNet + config header)")
+
+
+def _optional(module: str):
+    """A module of the engine that may not be in this tree yet (None when absent)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            return None
+        raise
+
+
+if _optional("core.models.diffusers_loader") is not None:
+    def _is_diffusers(spec: str, options: dict) -> bool:
+        from core.models.diffusers_loader import looks_like_diffusers
+        return looks_like_diffusers(spec) or bool(options.get("allow_hub"))
+
+    def _load_diffusers(spec: str, device: str, allow_hub: bool = False) -> Denoiser:
+        from core.models.diffusers_loader import load_diffusers
+        return load_diffusers(spec, device=device, allow_hub=bool(allow_hub))
+
+    register_resolver("diffusers", _is_diffusers, _load_diffusers,
+                      "FOLDER saved by diffusers' save_pretrained (UNet2DModel + scheduler config); "
+                      "a hub id only with --allow-hub", options=("allow_hub",))
+
+if _optional("core.models.user_model") is not None:
+    def _is_module_spec(spec: str, options: dict) -> bool:
+        return ":" in spec and not spec.endswith(":") and not Path(spec).exists()
+
+    def _load_module_spec(spec: str, device: str, weights=None, params=None) -> Denoiser:
+        from core.models.user_model import load_user_model
+        return load_user_model(spec, weights=weights, params=params, device=device)
+
+    register_resolver("module", _is_module_spec, _load_module_spec,
+                      "module.py:ClassName with --weights FILE and --param key=value (docs/models.md)",
+                      options=("weights", "params"))

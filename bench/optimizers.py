@@ -97,16 +97,20 @@ def score_speed(toys, levels=200, n=256):
     return rows
 
 
-def ays_schedules(model, mix, nfes, iters):
-    """AYS (another module) at each NFE, or a note when it is not there."""
+def ays_schedules(model, mix, nfes):
+    """AYS (core.optimizers.ays) at each NFE as bench/ays.py's "ays" rows: the first stage run at
+    that step count (8192 samples, early stopping on held-out NLL), or a note when it is absent."""
     try:
         ays = importlib.import_module("core.optimizers.ays")
     except ModuleNotFoundError:
         return {}, "core.optimizers.ays is not on this branch: AYS rows skipped"
-    opt = ays.AYSOptimizer(model, mix.sample, steps=10, max_iters=iters, mixture=mix)
-    for _ in opt.events():
-        pass
-    return {nfe: opt.result(nfe) for nfe in nfes}, f"AYS: 10 -> 19 -> 37 stages, max_iters {iters}"
+    out = {}
+    for nfe in nfes:
+        opt = ays.AYSOptimizer(model, mix.sample, steps=nfe, stages=(nfe,), n_samples=8192, seed=0, mixture=mix)
+        for _ in opt.events():
+            pass
+        out[nfe] = opt.result(nfe)
+    return out, "AYS: first stage at each NFE (8192 samples, early stopping on held-out NLL), as bench/ays.py"
 
 
 def _unit_speed(s):
@@ -114,10 +118,10 @@ def _unit_speed(s):
     return np.ones_like(s)
 
 
-def quality(nfes, n, seeds, ays_iters, disc_nfes):
+def quality(nfes, n, seeds, disc_nfes):
     mix = get_toy("grid8x8")
     model = MixtureDenoiser(mix)
-    ays, note = ays_schedules(model, mix, nfes, ays_iters)
+    ays, note = ays_schedules(model, mix, nfes)
     table_rows, disc_rows = [], []
     sched = {}
     for nfe in sorted(set(nfes) | set(disc_nfes)):
@@ -157,9 +161,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000, help="samples per NLL evaluation")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--ays-iters", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no OpenMP spin on a busy machine)")
     ap.add_argument("--quick", action="store_true", help="fewer N, samples and seeds (smoke run)")
     a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
     steps = [5, 6, 8, 12] if a.quick else list(range(5, 21))
     n, seeds = (4000, 1) if a.quick else (a.n, a.seeds)
     load = os.getloadavg()[0]
@@ -172,13 +177,13 @@ def main(argv=None):
     print(table(so, ["toy", "model", "method", "levels", "n", "cpu_s", "wall_s", "cost_spread", "sigmas"],
                 "Score-optimal: one 10-step schedule (density on the grid + constant-speed inverse)"))
     nfes = [6, 8, 10]
-    q, disc, note, sigmas = quality(nfes, n, seeds, a.ays_iters, [5, 6, 8, 10])
+    q, disc, note, sigmas = quality(nfes, n, seeds, [5, 6, 8, 10])
     print(table(q, ["solver", "schedule"] + [f"nll@{k}" for k in nfes],
                 f"grid8x8, exact denoiser: NLL at NFE 6/8/10, {n} samples x {seeds} seeds (95% CI; lower is better)"))
     print(note)
     print(table(disc, ["solver", "schedule"] + [f"err@{k}" for k in (5, 6, 8, 10)],
                 "grid8x8, exact denoiser: mean |x_N - x_500| from the same noise (ODE discretization error)"))
-    print(f"load average at start: {load:.1f} on {os.cpu_count()} cores")
+    print(f"load average at start: {load:.1f} on {os.cpu_count()} cores; torch threads {a.threads}")
     print("wrote", write("optimizers", {"args": vars(a), "load_average": load, "nonuniform": nu, "score_optimal": so,
                                         "nll": q, "ays_note": note, "discretization": disc, "sigmas": sigmas}))
 

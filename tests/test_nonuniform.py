@@ -21,9 +21,8 @@ from core.schedules import Schedule, make_schedule
 from core.solvers import get_solver
 from core.solvers.lagrange import multistep_orders
 
-# The discretization-error test runs on the exact mixture denoiser until the shipped toy MLP
-# checkpoints (checkpoints/toy_mlp/*.safetensors) land; then set MODEL_KIND = "mlp".
-MODEL_KIND = "exact"
+# The discretization-error test runs on the shipped toy MLP (checkpoints/toy_mlp/moons.safetensors).
+MODEL_KIND = "mlp"
 
 
 # ---- an independent derivation of the bound (paper Eq. 10 weights, written out by hand) ----------
@@ -212,18 +211,23 @@ def test_events_state_and_resume():
 
 @pytest.fixture(scope="module")
 def reference_solution():
-    """(model, noise, x0): a 500-step dpmpp_3m solution of the probability-flow ODE on moons."""
+    """(model, noise, x_500): a 500-step dpmpp_3m solution of the probability-flow ODE on moons.
+    One torch thread: on a busy machine OpenMP spin-waiting makes 600-point MLP batches crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     model = load_toy_model("moons", MODEL_KIND)
     noise = 80.0 * torch.randn(600, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     noise = noise.to(model.dtype)
     ref = generate(model, make_schedule("karras", 500, 0.002, 80.0), 600, solver="dpmpp_3m", noise=noise).x
-    return model, noise, ref
+    yield model, noise, ref
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("nfe", [5, 6])
 def test_optimized_schedule_reduces_discretization_error(nfe, reference_solution):
     """dpmpp_3m over the optimized schedule vs over uniform lambda, against a 500-step solution of
-    the same ODE from the same noise (methods.md s.7)."""
+    the same ODE from the same noise (methods.md s.7).  (Measured, MLP moons: 0.23 vs 0.35 at
+    NFE 5, 0.22 vs 0.33 at NFE 6.)"""
     model, noise, ref = reference_solution
     sched, _ = optimize_nonuniform(nfe, 0.002, 80.0, p=1)
     err = {}

@@ -1,6 +1,6 @@
 """Images page through AppTest: schedules sampled from the same noise, differences to the
 many-step reference and the NFE sweep are core.compare's numbers. The wiring is checked with a
-Gaussian image model whose denoiser is exact (tests/fake_engine); the digits-model test is xfail
+Gaussian image model whose denoiser is exact (tests/fake_engine); the digits-model test runs the shipped checkpoint
 only while core.models.registry is missing."""
 import numpy as np
 import pytest
@@ -67,7 +67,6 @@ def test_stochastic_solvers_are_not_offered(fake):
     assert set(at.selectbox(key="im_solver").options).isdisjoint({"ddim_sde", "dpmpp_2m_sde"})
 
 
-@missing_ok
 def test_real_digits_model_on_the_page():
     reg = require("core.models.registry")
     assert "digits" in reg.model_names()

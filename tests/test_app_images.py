@@ -1,12 +1,11 @@
 """Images page through AppTest: schedules sampled from the same noise, differences to the
 many-step reference and the NFE sweep are core.compare's numbers. The wiring is checked with a
-Gaussian image model whose denoiser is exact (tests/fake_engine); the digits-model test runs the shipped checkpoint
-only while core.models.registry is missing."""
+Gaussian image model whose denoiser is exact (tests/fake_engine); the digits-model test runs the shipped checkpoint."""
 import numpy as np
 import pytest
 
 import fake_engine
-from app_helpers import arr, assert_clean, figures, missing_ok, open_page, require, trace
+from app_helpers import arr, assert_clean, figures, open_page, require, trace
 from app_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 from core.compare import compare_to_reference, error_vs_nfe
 from core.schedules import make_schedule

@@ -1,0 +1,22 @@
+"""Schedule Lab: how the sampling schedule changes what a diffusion sampler does.
+
+Run with `make app` (or `streamlit run app.py`). Five pages share one sidebar (device, seed,
+toy and toy model); every number on them comes from the engine in core/.
+"""
+import streamlit as st
+
+from app_lib.state import sidebar
+
+st.set_page_config(page_title="Schedule Lab", layout="wide")
+
+PAGES = [
+    st.Page("pages/playground.py", title="Playground", icon=":material/scatter_plot:", default=True),
+    st.Page("pages/error_curves.py", title="Error curves", icon=":material/ssid_chart:"),
+    st.Page("pages/optimizer.py", title="Optimizer", icon=":material/tune:"),
+    st.Page("pages/images.py", title="Images", icon=":material/image:"),
+    st.Page("pages/schedules.py", title="Schedules", icon=":material/list:"),
+]
+
+page = st.navigation(PAGES)
+sidebar()
+page.run()

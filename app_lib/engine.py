@@ -1,0 +1,151 @@
+"""Cached calls into the engine's objectives and optimizers (and, guardedly, the image models).
+Cached functions take plain hashable arguments and return numpy / plain data.
+
+    core.objectives.klub.klub_curves(model, sampler, schedule, n_samples, c, seed)
+    core.objectives.stein.stein_density / stein_curves(..., density=(grid, delta))
+    core.objectives.truncation.truncation_curve(schedule, p)
+    core.optimizers.{ays.AYSOptimizer, nonuniform.NonUniformOptimizer, score_optimal.ScoreOptimalOptimizer}
+    core.models.registry.load_model(name_or_path, device), model_names()   (guarded: other branch)
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import streamlit as st
+import torch
+
+from app_lib.optional import optional
+from app_lib.state import toy_model, toy_sampler
+from core.objectives.klub import klub_curves
+from core.objectives.stein import log_grid, stein_curves, stein_density
+from core.objectives.truncation import SOLVER as NONUNIFORM_SOLVER
+from core.objectives.truncation import truncation_curve
+from core.optimizers.ays import AYSOptimizer, default_stages
+from core.optimizers.nonuniform import NonUniformOptimizer
+from core.optimizers.score_optimal import ScoreOptimalOptimizer
+from core.schedules import Schedule
+from toy_data import get_toy
+
+REGISTRY = "core.models.registry"
+OPTIMIZERS = {  # method -> label
+    "ays": "Align Your Steps (KLUB search)",
+    "nonuniform": "DM-NonUniform (error bound, data-free, for dpmpp_3m)",
+    "score_optimal": "Score-optimal (Stein cost)",
+}
+# the page's knobs each method uses (the others are shown disabled)
+METHOD_KNOBS = {
+    "ays": {"steps", "stages", "n_samples", "n_candidates", "c", "max_iters", "heldout", "patience",
+            "heldout_solver", "heldout_n", "seed"},
+    "nonuniform": {"steps", "p", "maxiter", "starts"},
+    "score_optimal": {"steps", "n_samples", "levels", "v", "seed"},
+}
+
+
+def _plain(d: dict) -> dict:
+    """Lists of numbers / tensors -> float64 numpy, so results are cacheable and plottable."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, torch.Tensor):
+            v = v.detach().cpu().double().numpy()
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                        for x in v):
+            v = np.asarray(v, dtype=np.float64)
+        out[k] = v
+    return out
+
+
+def speed(v: float):
+    """Stein speed v(sigma) = sigma^v as the engine takes it (None = the default sigma^1)."""
+    v = float(v)
+    return None if v == 1.0 else (lambda s: np.asarray(s, dtype=np.float64) ** v)
+
+
+# ---------------------------------------------------------------- objectives
+@st.cache_data(show_spinner="Estimating KLUB per interval ...", max_entries=64)
+def klub(toy: str, kind: str, device: str, sigmas: tuple, n_samples: int, c: float, seed: int) -> dict:
+    return _plain(klub_curves(toy_model(toy, kind, device), toy_sampler(toy), Schedule(sigmas),
+                              n_samples=n_samples, c=c, seed=seed))
+
+
+@st.cache_data(show_spinner="Estimating the Stein density ...", max_entries=32)
+def stein_grid_density(toy: str, kind: str, device: str, sigma_min: float, sigma_max: float, levels: int,
+                       n: int, v: float, seed: int) -> tuple:
+    """(grid, delta): the Stein cost density on `levels` log-spaced levels, shared by all schedules."""
+    grid = log_grid(sigma_min, sigma_max, levels)
+    return grid, stein_density(toy_model(toy, kind, device), toy_sampler(toy), grid, n=n, v=speed(v), seed=seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def stein(toy: str, kind: str, device: str, sigmas: tuple, sigma_range: tuple, levels: int, n: int, v: float,
+          seed: int) -> dict:
+    """core.objectives.stein.stein_curves of one schedule, on the density over `sigma_range`."""
+    dens = stein_grid_density(toy, kind, device, *sigma_range, levels, n, v, seed)
+    return _plain(stein_curves(None, None, Schedule(sigmas), n=n, v=speed(v), seed=seed, density=dens))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def truncation(sigmas: tuple, p: float) -> dict:
+    return _plain(truncation_curve(Schedule(sigmas), p=p))
+
+
+# ---------------------------------------------------------------- optimizers
+def optimizer_factory(method: str, knobs: dict, toy: str, kind: str, device: str):
+    """() -> a fresh optimizer of `method` built from the page's knobs (the same on resume).
+
+    knobs: steps, stages (count of hierarchical stages), n_samples, n_candidates, c, max_iters,
+    heldout (None = no early stopping), patience, heldout_solver, heldout_n, p, v, levels,
+    maxiter, starts, seed."""
+    k = knobs
+    model = toy_model(toy, kind, device)
+    if method == "ays":
+        stages = default_stages(k["steps"], k["stages"] - 1)
+        return lambda: AYSOptimizer(model, toy_sampler(toy), steps=k["steps"], stages=stages,
+                                    n_samples=k["n_samples"], n_candidates=k["n_candidates"], c=k["c"],
+                                    max_iters=k["max_iters"], heldout=k["heldout"], patience=k["patience"],
+                                    heldout_solver=k["heldout_solver"], heldout_n=k["heldout_n"],
+                                    mixture=get_toy(toy), seed=k["seed"])
+    if method == "nonuniform":
+        return lambda: NonUniformOptimizer(k["steps"], model.sigma_min, model.sigma_max, p=k["p"],
+                                           starts=tuple(k["starts"]), maxiter=k["maxiter"], strict=False)
+    if method == "score_optimal":
+        chunk = k["n_samples"] * max(1, math.ceil(k["levels"] / 10))         # about ten events
+        return lambda: ScoreOptimalOptimizer(model, toy_sampler(toy), k["steps"], levels=k["levels"],
+                                             n=k["n_samples"], v=speed(k["v"]), seed=k["seed"],
+                                             chunk_points=chunk)
+    raise KeyError(method)
+
+# ---------------------------------------------------------------- image models
+@st.cache_resource(show_spinner="Loading image model ...")
+def image_model(name_or_path: str, device: str):
+    return optional(REGISTRY).load_model(name_or_path, device)
+
+
+def image_model_names() -> list:
+    reg = optional(REGISTRY)
+    return [] if reg is None else list(reg.model_names())
+
+
+def _sigma_dict_families(families: dict):
+    """{label: {steps: sigmas}} -> {label: steps -> Schedule} (the families core.compare takes)."""
+    return {label: (lambda steps, per=per: Schedule(per[steps])) for label, per in families.items()}
+
+
+@st.cache_data(show_spinner="Sampling images ...", max_entries=32)
+def image_compare(model_id: str, device: str, schedules: dict, solver: str, n: int, seed: int,
+                  ref_steps: int) -> dict:
+    """core.compare.compare_to_reference on {label: sigmas}, as numpy arrays [n, C, H, W]."""
+    from core.compare import compare_to_reference
+    res = compare_to_reference(image_model(model_id, device), {k: Schedule(v) for k, v in schedules.items()},
+                               solver=solver, n=n, seed=seed, ref_steps=ref_steps)
+    arr = {k: {kk: vv.numpy() for kk, vv in res[k].items()} for k in ("reference", "samples", "difference")}
+    return {**arr, "rmse": res["rmse"], "rmse_ci": res["rmse_ci"], "nfe": res["nfe"]}
+
+
+@st.cache_data(show_spinner="Sweeping NFE ...", max_entries=16)
+def image_error_vs_nfe(model_id: str, device: str, families: dict, nfes: tuple, solver: str, n: int,
+                       seed: int, ref_steps: int) -> dict:
+    """core.compare.error_vs_nfe; families = {label: {steps: sigmas}} built by the page."""
+    from core.compare import error_vs_nfe
+    return error_vs_nfe(image_model(model_id, device), _sigma_dict_families(families), list(nfes),
+                        solver=solver, n=n, seed=seed, ref_steps=ref_steps)

@@ -1,0 +1,211 @@
+"""Plotly figure builders. They arrange arrays the engine computed into traces; they compute
+nothing (no statistics, no model calls). Trace names are stable so tests can find them."""
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+           "#7f7f7f", "#bcbd22")
+
+
+def color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def _layout(fig: go.Figure, title: str, height: int = 380, **kw) -> go.Figure:
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", y=-0.15), **kw)
+    return fig
+
+
+def _positive(sigmas) -> np.ndarray:
+    """The positive levels of a schedule (the final 0 has no place on a log axis)."""
+    s = np.asarray(sigmas, dtype=np.float64)
+    return s[s > 0]
+
+
+# ---------------------------------------------------------------- toys
+def density_trace(grid: dict) -> go.Heatmap:
+    """The exact log-density as a heatmap (clipped 12 nats below its peak so the modes show)."""
+    z = np.asarray(grid["log_density"])
+    return go.Heatmap(x=grid["x"], y=grid["y"], z=z, zmin=float(z.max()) - 12, zmax=float(z.max()),
+                      colorscale="Blues", showscale=False, name="density", hoverinfo="skip")
+
+
+def samples_fig(grid: dict, x: np.ndarray, title: str, max_points: int = 3000) -> go.Figure:
+    """Samples [n, 2] (the first max_points) over the true density."""
+    x = np.asarray(x)[:max_points]
+    fig = go.Figure([density_trace(grid),
+                     go.Scattergl(x=x[:, 0], y=x[:, 1], mode="markers", name="samples",
+                                  marker=dict(size=3, color="#d62728", opacity=0.6))])
+    lo, hi = grid["extent"]
+    fig.update_xaxes(range=[lo, hi], constrain="domain")
+    fig.update_yaxes(range=[lo, hi], scaleanchor="x")
+    return _layout(fig, title, height=420, showlegend=False)
+
+
+def trajectory_fig(grid: dict, traj: np.ndarray, step: int, sigmas, title: str) -> go.Figure:
+    """Paths [steps + 1, k, 2] of k samples up to `step`, with their positions at that step."""
+    traj = np.asarray(traj)
+    step = int(min(max(step, 0), traj.shape[0] - 1))
+    path = traj[: step + 1]                                          # [step + 1, k, 2]
+    k = path.shape[1]
+    sep = np.full((1, k, 2), np.nan)
+    lines = np.concatenate([path, sep]).transpose(1, 0, 2).reshape(-1, 2)  # paths split by NaN
+    now = traj[step]
+    fig = go.Figure([density_trace(grid),
+                     go.Scatter(x=lines[:, 0], y=lines[:, 1], mode="lines", name="paths",
+                                line=dict(width=1, color="rgba(80,80,80,0.5)"), connectgaps=False),
+                     go.Scatter(x=now[:, 0], y=now[:, 1], mode="markers", name="current",
+                                marker=dict(size=6, color="#d62728"))])
+    lo, hi = grid["extent"]
+    fig.update_xaxes(range=[lo, hi], constrain="domain")
+    fig.update_yaxes(range=[lo, hi], scaleanchor="x")
+    sig = float(sigmas[step])
+    return _layout(fig, f"{title}: step {step}, sigma = {sig:.4g}", height=420, showlegend=False)
+
+
+# ---------------------------------------------------------------- schedules
+def schedule_points_fig(schedules: dict, title: str = "Schedule points on a log-sigma axis") -> go.Figure:
+    """One row of markers per schedule at its positive sigmas (log axis)."""
+    fig = go.Figure()
+    for i, (label, s) in enumerate(schedules.items()):
+        pos = _positive(s.sigmas)
+        fig.add_trace(go.Scatter(x=pos, y=[label] * len(pos), mode="markers+lines", name=label,
+                                 marker=dict(size=9, color=color(i)), line=dict(width=1, color=color(i)),
+                                 hovertemplate="sigma = %{x:.4g}<extra>" + label + "</extra>"))
+    fig.update_xaxes(type="log", title="sigma (log scale; the final step jumps to 0)")
+    return _layout(fig, title, height=140 + 40 * len(schedules), showlegend=False)
+
+
+def schedules_fig(schedules: dict, title: str = "Schedules") -> go.Figure:
+    """sigma (log axis) against the fraction of steps taken, one line per schedule."""
+    fig = go.Figure()
+    for i, (label, s) in enumerate(schedules.items()):
+        pos = _positive(s.sigmas)
+        frac = np.arange(len(pos)) / max(s.steps, 1)
+        fig.add_trace(go.Scatter(x=frac, y=pos, mode="lines+markers", name=label,
+                                 marker=dict(color=color(i), size=6), line=dict(color=color(i))))
+    fig.update_yaxes(type="log", title="sigma")
+    fig.update_xaxes(title="step / steps")
+    return _layout(fig, title, height=460)
+
+
+# ---------------------------------------------------------------- per-interval curves
+def interval_bars_fig(curves: dict, cost_key: str, title: str, ytitle: str, err_key=None) -> go.Figure:
+    """Per-interval cost as bars: one group per schedule, x = interval index from sigma_max;
+    whiskers from `err_key` (e.g. a standard error) when given."""
+    fig = go.Figure()
+    for i, (label, c) in enumerate(curves.items()):
+        v = np.asarray(c[cost_key], dtype=np.float64)
+        text = [f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(c["sigma_lo"], c["sigma_hi"])]
+        err = dict(type="data", array=np.asarray(c[err_key], dtype=np.float64)) if err_key else None
+        fig.add_trace(go.Bar(x=np.arange(1, len(v) + 1), y=v, name=label, marker_color=color(i),
+                             error_y=err, hovertext=text, hovertemplate="interval %{x} %{hovertext}: %{y:.4g}"))
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title="interval (1 = noisiest)", dtick=1)
+    fig.update_yaxes(title=ytitle)
+    return _layout(fig, title)
+
+
+def density_fig(curves: dict, xkey: str, ykey: str, title: str, ytitle: str) -> go.Figure:
+    """A cost density over sigma (log axis), one line per schedule."""
+    fig = go.Figure()
+    for i, (label, c) in enumerate(curves.items()):
+        fig.add_trace(go.Scatter(x=c[xkey], y=c[ykey], mode="lines", name=label, line=dict(color=color(i))))
+    fig.update_xaxes(type="log", title="sigma")
+    fig.update_yaxes(title=ytitle)
+    return _layout(fig, title)
+
+
+def cumulative_fig(cums: dict, title: str) -> go.Figure:
+    """Cumulative share from sigma_max down (engine's core.viz_data.cumulative_share)."""
+    fig = go.Figure()
+    for i, (label, c) in enumerate(cums.items()):
+        fig.add_trace(go.Scatter(x=c["sigma"], y=c["cumulative"], mode="lines+markers", name=label,
+                                 line=dict(color=color(i), shape="hv")))
+    fig.update_xaxes(type="log", autorange="reversed", title="sigma (from sigma_max down)")
+    fig.update_yaxes(title="share of the total", range=[0, 1.05])
+    return _layout(fig, title)
+
+
+# ---------------------------------------------------------------- optimizer
+def optimizer_points_fig(history: list, title: str = "Schedule points over iterations") -> go.Figure:
+    """Every event's positive sigmas against its iteration (log y), one series per "group" (AYS
+    stage, DM-NonUniform start); placeholder events (no schedule yet) are left out."""
+    fig = go.Figure()
+    groups = list(dict.fromkeys(h.get("group", f"stage {h['stage']}") for h in history if not h.get("placeholder")))
+    for j, g in enumerate(groups):
+        xs, ys = [], []
+        for h in history:
+            if h.get("group", f"stage {h['stage']}") == g and not h.get("placeholder"):
+                pos = _positive(h["sigmas"])
+                xs.extend([h["iteration"]] * len(pos))
+                ys.extend(pos.tolist())
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=g, marker=dict(size=5, color=color(j))))
+    fig.update_yaxes(type="log", title="sigma")
+    fig.update_xaxes(title="iteration")
+    return _layout(fig, title)
+
+
+def optimizer_curves_fig(history: list, early_stopped_at=None, best_so_far=None,
+                         title: str = "Objective and held-out metric") -> go.Figure:
+    """Objective (left axis) and held-out metric (right axis) per iteration (events without an
+    objective value are left out); the early-stopping point the optimizer reported as a dashed
+    vertical line, the best held-out iteration so far (while it runs) as a dotted one."""
+    obj = [(h["iteration"], h["objective"]) for h in history
+           if h["objective"] is not None and np.isfinite(h["objective"])]
+    fig = go.Figure([go.Scatter(x=[a for a, _ in obj], y=[b for _, b in obj], mode="lines+markers",
+                                name="objective", line=dict(color=color(0)))])
+    held = [(h["iteration"], h["heldout"]) for h in history if h.get("heldout") is not None]
+    if held:
+        fig.add_trace(go.Scatter(x=[a for a, _ in held], y=[b for _, b in held], mode="lines+markers",
+                                 name="held-out", yaxis="y2", line=dict(color=color(1))))
+        fig.update_layout(yaxis2=dict(title="held-out (lower is better)", overlaying="y", side="right"))
+    if early_stopped_at is not None:
+        fig.add_vline(x=early_stopped_at, line_dash="dash", line_color="green",
+                      annotation_text="early-stopping point", annotation_position="top left")
+    elif best_so_far is not None:
+        fig.add_vline(x=best_so_far, line_dash="dot", line_color="gray",
+                      annotation_text="best held-out so far", annotation_position="top left")
+    fig.update_xaxes(title="iteration")
+    fig.update_yaxes(title="objective")
+    return _layout(fig, title)
+
+
+# ---------------------------------------------------------------- images
+def image_grid_fig(images, title: str, cols: int = 4, zrange=(-1.0, 1.0)) -> go.Figure:
+    """A grid of images [n, C, H, W] (C = 1 grey or 3 RGB, values in zrange, the engine's
+    layout) or [n, H, W]; drawn with plotly's facet columns."""
+    import plotly.express as px
+    imgs = np.asarray(images, dtype=np.float64)
+    if imgs.ndim == 4 and imgs.shape[1] == 1:
+        imgs = imgs[:, 0]
+    elif imgs.ndim == 4:
+        imgs = imgs.transpose(0, 2, 3, 1)                            # [n, H, W, C] for RGB
+    n = imgs.shape[0]
+    kw = dict(facet_col=0, facet_col_wrap=min(cols, n), facet_col_spacing=0.01, facet_row_spacing=0.02)
+    if imgs.ndim == 3:
+        fig = px.imshow(imgs, zmin=zrange[0], zmax=zrange[1], color_continuous_scale="gray", **kw)
+        fig.update_layout(coloraxis_showscale=False)
+    else:
+        c = imgs.shape[-1]
+        fig = px.imshow(imgs, zmin=[zrange[0]] * c, zmax=[zrange[1]] * c, **kw)
+    fig.for_each_annotation(lambda a: a.update(text=""))
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    rows = -(-n // min(cols, n))
+    return _layout(fig, title, height=60 + 90 * rows)
+
+
+def error_vs_nfe_fig(res: dict, title: str = "Distance to the many-step reference") -> go.Figure:
+    """RMSE (log y) against NFE per schedule, with 95 % error bars (core.compare.error_vs_nfe)."""
+    fig = go.Figure()
+    for i, (label, v) in enumerate(res["rmse"].items()):
+        ci = [0.0 if (c is None or not np.isfinite(c)) else c for c in res["rmse_ci"][label]]
+        fig.add_trace(go.Scatter(x=res["nfe"], y=v, error_y=dict(type="data", array=ci), mode="lines+markers",
+                                 name=label, line=dict(color=color(i))))
+    fig.update_yaxes(type="log", title="RMSE to reference")
+    fig.update_xaxes(title="NFE (model calls)")
+    return _layout(fig, title)

@@ -1,0 +1,163 @@
+"""Session settings (the shared sidebar), cached model loading and cached engine results,
+and the session's schedule library.
+
+Every widget has a stable key; cached functions take plain hashable arguments (names, sigma
+tuples) and rebuild engine objects inside, so st.cache_data can hash them.
+"""
+from __future__ import annotations
+
+import streamlit as st
+import torch
+
+from core.models import TOY_KINDS, load_toy_model, toy_checkpoint
+from core.schedules import Schedule, make_schedule, resample_loglinear, schedule_names
+from core.solvers import solver_names
+from toy_data import TOYS, get_toy
+
+DEFAULTS = {"sb_seed": 0, "sb_toy": "grid8x8", "sb_model_kind": "exact"}
+LIBRARY_KEY = "library"
+LIB_PREFIX = "lib:"
+# heuristics whose parameter a user may want to set, with the default the app uses
+SCHEDULE_PARAMS = {"karras": ("rho", 7.0), "polyexponential": ("rho", 1.0), "kl_optimal": ("c", 0.5)}
+
+
+# ---------------------------------------------------------------- sidebar / settings
+def devices() -> list:
+    return (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
+
+
+def model_kinds(toy: str) -> list:
+    """'exact' always; 'mlp' only when the shipped checkpoint for this toy exists."""
+    return [k for k in TOY_KINDS if k == "exact" or toy_checkpoint(toy).is_file()]
+
+
+def sidebar() -> dict:
+    """Draw the shared sidebar (device, seed, toy, model kind) and return the settings."""
+    sb = st.sidebar
+    sb.header("Settings")
+    init_widgets({"sb_device": devices()[0], **DEFAULTS})
+    sb.selectbox("Device", devices(), key="sb_device", help="cuda when a GPU is present, else cpu")
+    sb.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="sb_seed")
+    sb.selectbox("Toy distribution", TOYS, key="sb_toy")
+    kinds = model_kinds(st.session_state["sb_toy"])
+    if st.session_state.get("sb_model_kind") not in kinds:
+        st.session_state["sb_model_kind"] = kinds[0]
+    sb.selectbox("Toy model", kinds, key="sb_model_kind",
+                 help="exact: the closed-form mixture denoiser; mlp: the shipped trained network "
+                      "(listed when checkpoints/toy_mlp/TOY.safetensors exists)")
+    sb.caption("Models load once per session (cached); results are cached per input.")
+    return settings()
+
+
+def init_widgets(defaults: dict) -> None:
+    """Give keyed widgets their first value through session state (never also through the
+    widget's own default), so a value set by a test or another page is kept.
+
+    Streamlit drops the state of a widget that a run does not draw (e.g. on another page); a
+    shadow copy under "_keep_KEY" brings the user's last value back when they return."""
+    ss = st.session_state
+    for k, v in defaults.items():
+        if k not in ss:
+            ss[k] = ss.get("_keep_" + k, v)
+        ss["_keep_" + k] = ss[k]
+
+
+def settings() -> dict:
+    """The sidebar settings with defaults (pages may run before the sidebar, e.g. in tests)."""
+    ss = st.session_state
+    return {"device": ss.get("sb_device") or devices()[0], "seed": int(ss.get("sb_seed") or 0),
+            "toy": ss.get("sb_toy") or DEFAULTS["sb_toy"],
+            "model_kind": ss.get("sb_model_kind") or DEFAULTS["sb_model_kind"]}
+
+
+# ---------------------------------------------------------------- cached engine calls
+@st.cache_resource(show_spinner="Loading model ...")
+def toy_model(toy: str, kind: str, device: str):
+    """The toy's Denoiser (exact mixture or shipped MLP), once per (toy, kind, device)."""
+    return load_toy_model(toy, kind, device)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def toy_density(toy: str, n: int = 160, sigma: float = 0.0) -> dict:
+    from core.viz_data import density_grid
+    return density_grid(get_toy(toy), n=n, sigma=sigma)
+
+
+@st.cache_data(show_spinner="Sampling ...", max_entries=64)
+def toy_samples(toy: str, kind: str, device: str, sigmas: tuple, solver: str, n: int, seed: int,
+                keep: int = 0) -> dict:
+    """Samples (numpy [n, 2]) and the first `keep` trajectories ([steps + 1, keep, 2])."""
+    from core.sampling import generate
+    with torch.no_grad():
+        r = generate(toy_model(toy, kind, device), Schedule(sigmas), n, solver=solver, seed=seed,
+                     keep_trajectory=keep)
+    return {"x": r.x.detach().double().cpu().numpy(), "nfe": r.nfe, "seconds": r.seconds,
+            "trajectory": None if r.trajectory is None else r.trajectory.double().numpy(),
+            "denoised": None if r.denoised is None else r.denoised.double().numpy()}
+
+
+@st.cache_data(show_spinner="Scoring against the exact density ...", max_entries=64)
+def toy_metrics(toy: str, kind: str, device: str, sigmas: tuple, solver: str, n: int, seeds: tuple) -> dict:
+    """core.evaluate.evaluate_toy: NLL, sliced W2, MMD with 95 % intervals over seeds."""
+    from core.evaluate import evaluate_toy
+    with torch.no_grad():
+        out = evaluate_toy(toy_model(toy, kind, device), get_toy(toy), Schedule(sigmas), solver=solver,
+                           n=n, seeds=seeds, mmd_n=min(n, 1000))
+    return {k: v for k, v in out.items() if k != "per_seed"}
+
+
+def toy_sampler(toy: str):
+    """The data sampler the objectives take: (n, generator) -> [n, d] samples of the toy."""
+    mixture = get_toy(toy)
+    return lambda n, g: mixture.sample(n, g)
+
+
+# ---------------------------------------------------------------- schedule library
+def _default_library() -> dict:
+    lib = {}
+    for name, params in (("karras", {}), ("loglinear", {}), ("kl_optimal", {"c": 0.5}),
+                         ("ays_sd15", {})):
+        s = make_schedule(name, 10, **params)
+        lib[s.label()] = s
+    return lib
+
+
+def library() -> dict:
+    """{label: Schedule}, the session's schedule library (created with a few heuristics)."""
+    if LIBRARY_KEY not in st.session_state:
+        st.session_state[LIBRARY_KEY] = _default_library()
+    return st.session_state[LIBRARY_KEY]
+
+
+def add_to_library(schedule: Schedule, label: str | None = None) -> str:
+    """Add a schedule under a unique label (suffix ' #2', ' #3' ... on clashes); returns it."""
+    lib = library()
+    base = label or schedule.label()
+    label, i = base, 2
+    while label in lib and lib[label] != schedule:
+        label, i = f"{base} #{i}", i + 1
+    lib[label] = schedule
+    return label
+
+
+def schedule_options() -> list:
+    """Options for a schedule picker: named heuristics / presets, then library entries."""
+    return list(schedule_names()) + [LIB_PREFIX + k for k in library()]
+
+
+def option_label(opt: str) -> str:
+    return f"library: {opt[len(LIB_PREFIX):]}" if opt.startswith(LIB_PREFIX) else opt
+
+
+def build_schedule(opt: str, steps: int, sigma_min: float, sigma_max: float) -> Schedule:
+    """A picker option at `steps` steps: a heuristic built over [sigma_min, sigma_max] (AYS
+    presets keep their published range), or a library schedule interpolated log-linearly."""
+    if opt.startswith(LIB_PREFIX):
+        s = library()[opt[len(LIB_PREFIX):]]
+        return s if s.steps == steps else resample_loglinear(s, steps)
+    params = dict([SCHEDULE_PARAMS[opt]]) if opt in SCHEDULE_PARAMS else {}
+    return make_schedule(opt, int(steps), sigma_min=sigma_min, sigma_max=sigma_max, **params)
+
+
+def solver_options() -> tuple:
+    return solver_names()

@@ -1,0 +1,75 @@
+"""Time to interactive per app page, through streamlit's AppTest (no browser).
+
+For every page, with the app's default settings:
+  cold      first run in a fresh process for that page (models load, results computed)
+  warm      a new session once models and results are cached (what the next visit costs):
+            the time to interactive, target <= 2 s
+  rerun     a rerun of the same session (what a widget change with cached inputs costs)
+Prints a table and writes bench/results/app.json. Torch runs with its default thread count
+(OMP_NUM_THREADS when set), as the app does. Pages whose engine part is missing from this
+build are timed as they are (a notice) and marked "guarded".
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+PAGES = ("playground", "error_curves", "optimizer", "images", "schedules")
+TARGET_S = 2.0
+
+
+def _session(page: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
+    if page != "playground":
+        at.switch_page(f"pages/{page}.py")
+    return at
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_page(page: str) -> dict:
+    at = _session(page)
+    cold = _timed(at.run)
+    if at.exception:
+        raise RuntimeError(f"{page}: {at.exception[0].value}")
+    guarded = any("not available in this build" in i.value for i in at.info)
+    warm_at = _session(page)
+    warm = _timed(warm_at.run)
+    rerun = _timed(warm_at.run)
+    return {"page": page, "cold_s": cold, "warm_s": warm, "rerun_s": rerun, "charts": len(warm_at.get("plotly_chart")),
+            "guarded": guarded, "within_target": warm <= TARGET_S}
+
+
+def main() -> int:
+    _timed(_session("schedules").run)                      # import streamlit / torch / plotly once
+    rows = [bench_page(p) for p in PAGES]
+    print(f"{'page':<14}{'cold s':>9}{'warm s':>9}{'rerun s':>9}{'charts':>8}  note")
+    for r in rows:
+        note = ("guarded (engine part missing)" if r["guarded"] else "") + ("" if r["within_target"] else " SLOW")
+        print(f"{r['page']:<14}{r['cold_s']:9.2f}{r['warm_s']:9.2f}{r['rerun_s']:9.2f}{r['charts']:8d}  {note}")
+    out = {"bench": "app", "target_warm_s": TARGET_S, "device": "cpu", "torch_threads": torch.get_num_threads(),
+           "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0], "pages": rows}
+    path = ROOT / "bench" / "results" / "app.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path.relative_to(ROOT)}")
+    return 0          # timings depend on the machine and its load: reported, not enforced
+
+
+if __name__ == "__main__":
+    sys.exit(main())

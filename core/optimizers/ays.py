@@ -1,0 +1,358 @@
+"""Align Your Steps: hierarchical coordinate search on the KLUB (Sabour et al. 2024, Alg. 1 and
+App. B; methods.md section 4).
+
+    start: EDM rho = 7 (continuous models) or time-uniform (discrete), stages[0] steps, ends fixed
+    sweep: for the odd interior points, then the even ones (non-adjacent points are independent,
+           so each half is ONE batched estimate), score 11 candidates -- the current value and 10
+           log-spaced strictly between the neighbours -- by KLUB(prev, x) + KLUB(x, next) with
+           common random numbers, keep the best; fresh samples every sweep
+    stop:  a sweep that changes nothing, or max_iters sweeps; in the first stage also early
+           stopping on a held-out metric (patience, best kept) -- the paper's remedy for
+           over-optimizing the bound, with no numeric rule given (ours)
+    then:  subdivide (geometric mean in every interval) and optimize only the new points
+    final: log-linear interpolation of the finest schedule to any step count
+
+Step counts. A schedule of n steps has n positive levels (the last is sigma_min) and n - 1 KLUB
+intervals; the final jump to 0 has none. Inserting a geometric mean in every interval turns n
+steps into 2n - 1, so the hierarchy is (n, 2n - 1, 4n - 3), e.g. 10 -> 19 -> 37: the paper's
+10 -> 20 -> 40 counts intervals between 11 -> 21 -> 41 levels. The stages nest exactly:
+`result(stages[0])` returns the first-stage schedule itself.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from core.errors import ScheduleLabError, unknown_name
+from core.objectives.fast_denoiser import mc_denoiser
+from core.objectives.klub import COUPLINGS, DEFAULT_CHUNK, _check_c, draw_noise, klub_samples, mean_se, slice_noise
+from core.optimizers.base import Optimizer, ProgressEvent
+from core.optimizers.distributed import Partition
+from core.optimizers.heldout import HELDOUT, HeldoutMetric
+from core.schedules import Schedule, make_schedule, resample_loglinear
+
+STATE_FORMAT = "schedule-lab/ays-state/1"
+CONFIG_KEYS = ("steps", "stages", "n_samples", "n_candidates", "c", "max_iters", "heldout", "patience",
+               "heldout_solver", "heldout_n", "heldout_seed", "seed", "coupling", "dtype", "min_delta",
+               "start", "model")
+
+
+def default_stages(steps: int, subdivisions: int = 2) -> tuple:
+    """(steps, 2 steps - 1, 4 steps - 3, ...): each stage inserts a point in every interval."""
+    out = [steps]
+    for _ in range(subdivisions):
+        out.append(2 * out[-1] - 1)
+    return tuple(out)
+
+
+def subdivide(levels: list) -> list:
+    """Insert the geometric mean between every pair of neighbouring positive levels."""
+    out = [levels[0]]
+    for hi, lo in zip(levels[:-1], levels[1:]):
+        out += [math.sqrt(hi * lo), lo]
+    return out
+
+
+def resample_exact_ends(schedule: Schedule, steps: int) -> Schedule:
+    """core.schedules.resample_loglinear with sigma_max and sigma_min kept bit-exact."""
+    lv = list(resample_loglinear(schedule, steps).sigmas[:-1])
+    lv[0], lv[-1] = schedule.sigmas[0], schedule.sigmas[-2]
+    return Schedule(tuple(lv) + (0.0,), name=schedule.name, params=schedule.params, solver=schedule.solver)
+
+
+def candidates(lo: torch.Tensor, hi: torch.Tensor, current: torch.Tensor, k: int) -> torch.Tensor:
+    """[P, k + 1]: the current value first, then k values log-spaced strictly inside (lo, hi)."""
+    frac = torch.arange(1, k + 1, dtype=torch.float64) / (k + 1)
+    grid = torch.exp(lo.log().unsqueeze(1) + frac * (hi.log() - lo.log()).unsqueeze(1))
+    return torch.cat([current.unsqueeze(1), grid], dim=1)
+
+
+class AYSOptimizer(Optimizer):
+    """Align Your Steps as a resumable generator of ProgressEvents.
+
+    Args:
+        model: any Denoiser (an exact mixture is evaluated in its fast matmul form).
+        sampler: (n, generator) -> x0 [n, *event_shape], e.g. mixture.sample.
+        steps: step count `result()` returns by default.
+        stages: step counts of the hierarchy; default (steps, 2 steps - 1, 4 steps - 3).
+        start: "karras" (EDM rho = 7) | "time_uniform" | any schedule name | a Schedule.
+        sigma_min, sigma_max: fixed ends (default: the model's).
+        n_samples: Monte Carlo samples per sweep (paper: 8192); c: importance constant (0.5).
+        n_candidates: values tried besides the current one (paper: 10).
+        max_iters: sweep cap per stage (paper: < 300).
+        heldout: "auto" (nll with a known mixture, else ref_error) | "nll" | "swd" | "ref_error" | None.
+        heldout_fn: schedule -> float (lower is better); overrides `heldout`.
+        patience: first-stage sweeps without held-out improvement before stopping early (8: on
+            grid8x8 the NLL plateaus for up to 5 sweeps before improving again; bench/ays.py).
+        min_delta: improvement smaller than this does not count.
+        heldout_solver, heldout_n, heldout_seed: how the metric samples.
+        mixture: exact GaussianMixture of the data (for nll), if known.
+        seed: seed of the torch.Generator that draws every sweep's samples.
+        chunk: denoiser rows per call; coupling: "bridge" | "forward" (core.objectives.klub).
+        dtype: Monte Carlo dtype for an exact mixture (float32 default; float64 possible).
+        partition: core.optimizers.distributed.Partition to split the samples across processes.
+    """
+
+    method = "ays"
+
+    def __init__(self, model, sampler, steps: int = 10, stages=None, start="karras",
+                 sigma_min: float | None = None, sigma_max: float | None = None,
+                 n_samples: int = 8192, n_candidates: int = 10, c: float = 0.5, max_iters: int = 100,
+                 heldout: str | None = "auto", heldout_fn=None, patience: int = 8, min_delta: float = 0.0,
+                 heldout_solver: str = "dpmpp_2m_sde", heldout_n: int = 8192, heldout_seed: int = 1234,
+                 mixture=None, seed: int = 0, chunk: int = DEFAULT_CHUNK, coupling: str = "bridge",
+                 dtype=torch.float32, partition: Partition | None = None):
+        for name, v, lo in (("steps", steps, 3), ("n_samples", n_samples, 2), ("n_candidates", n_candidates, 1),
+                            ("max_iters", max_iters, 1), ("patience", patience, 1), ("chunk", chunk, 1)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ScheduleLabError(f"AYS {name} must be an integer >= {lo}; got {v!r}")
+        self.stages = tuple(stages) if stages is not None else default_stages(steps)
+        _check_stages(self.stages)
+        self.model, self.sampler, self.steps = model, sampler, steps
+        self.c = _check_c(c)
+        self.n_samples, self.n_candidates, self.max_iters = n_samples, n_candidates, max_iters
+        self.patience, self.min_delta, self.seed = patience, float(min_delta), int(seed)
+        if coupling not in COUPLINGS:
+            raise unknown_name("coupling", coupling, COUPLINGS)
+        if dtype not in (torch.float32, torch.float64):
+            raise ScheduleLabError(f"AYS Monte Carlo dtype must be torch.float32 or torch.float64; got {dtype!r}")
+        self.chunk, self.coupling, self.dtype = chunk, coupling, dtype
+        self.partition = partition or Partition.single()
+        self._den = mc_denoiser(model, dtype)
+        if mixture is None and hasattr(model, "mixture"):
+            mixture = model.mixture
+        self.heldout_solver, self.heldout_n, self.heldout_seed = heldout_solver, heldout_n, int(heldout_seed)
+        if heldout_fn is not None:
+            self.heldout, self._metric = "custom", heldout_fn
+        else:
+            if heldout == "auto":
+                heldout = "nll" if mixture is not None else "ref_error"
+            if heldout is not None and heldout not in HELDOUT:
+                raise unknown_name("held-out metric", heldout, HELDOUT + ("auto", "none"))
+            self.heldout = heldout
+            self._metric = None if heldout is None else HeldoutMetric(
+                heldout, model, heldout_solver, heldout_n, heldout_seed, mixture, sampler)
+        self.start = self._start_schedule(start, sigma_min, sigma_max)
+        self.sigma_min, self.sigma_max = self.start.sigma_min, self.start.sigma_max
+        self._reset()
+
+    # ---- construction helpers ---------------------------------------------------------------
+    def _start_schedule(self, start, sigma_min, sigma_max) -> Schedule:
+        n0 = self.stages[0]
+        if isinstance(start, Schedule):
+            return start if start.steps == n0 else resample_exact_ends(start, n0)
+        if not isinstance(start, str):
+            raise ScheduleLabError(f"AYS start must be a schedule name or a Schedule; got {type(start).__name__}")
+        smin = float(sigma_min if sigma_min is not None else getattr(self.model, "sigma_min", 0.002))
+        smax = float(sigma_max if sigma_max is not None else getattr(self.model, "sigma_max", 80.0))
+        return make_schedule(start, n0, smin, smax)
+
+    def _reset(self):
+        self._levels = list(self.start.sigmas[:-1])
+        self._stage, self._stage_iter, self._iteration = 0, 0, 0
+        self._gen = torch.Generator().manual_seed(self.seed)
+        self._history, self._best, self._bad = [], None, 0
+        self._early_stopped_at, self._started, self._done = None, False, False
+
+    def config(self) -> dict:
+        return {"steps": self.steps, "stages": list(self.stages), "n_samples": self.n_samples,
+                "n_candidates": self.n_candidates, "c": self.c, "max_iters": self.max_iters,
+                "heldout": self.heldout, "patience": self.patience, "heldout_solver": self.heldout_solver,
+                "heldout_n": self.heldout_n, "heldout_seed": self.heldout_seed, "seed": self.seed,
+                "coupling": self.coupling, "dtype": str(self.dtype).replace("torch.", ""), "min_delta": self.min_delta,
+                "start": list(self.start.sigmas), "model": getattr(self.model, "name", "model")}
+
+    # ---- the optimizer loop ------------------------------------------------------------------
+    def current_schedule(self) -> Schedule:
+        return Schedule(tuple(self._levels) + (0.0,), name="ays", params=self._params())
+
+    def events(self):
+        """Yield a ProgressEvent for the start schedule (iteration 0), then one after every sweep.
+
+        event.schedule is the swept schedule, event.objective its total KLUB (from that sweep's
+        samples), event.heldout the held-out metric (None without one), event.stage the stage index;
+        event.extra: per_interval (KLUB of each interval, high sigma first), objective_se, moved
+        (points changed), early_stopped_at (first-stage sweep kept, once decided), stage_steps,
+        heldout_name, seconds, next_sigmas (where the next sweep starts: after an early-stop revert
+        or a subdivision). The state is saved-ready after every event."""
+        if not self._started:
+            t0 = time.perf_counter()
+            per, total, total_se = self._evaluate(self._levels)
+            h = self._heldout_value()
+            if h is not None:
+                self._best = {"heldout": h, "levels": list(self._levels), "iteration": 0}
+            self._started = True
+            yield self._record(total, total_se, per, h, 0, False, "start schedule", time.perf_counter() - t0)
+        while not self._done:
+            yield self._sweep()
+
+    def _sweep(self) -> ProgressEvent:
+        t0 = time.perf_counter()
+        stage = self._stage
+        moved, per, total, total_se = self._coordinate_sweep()
+        self._iteration += 1
+        self._stage_iter += 1
+        h = self._heldout_value()
+        swept = list(self._levels)
+        end = moved == 0 or self._stage_iter >= self.max_iters
+        why = "converged (no point moved)" if moved == 0 else (
+            f"iteration cap {self.max_iters}" if end else f"{moved} point(s) moved")
+        if stage == 0 and h is not None:
+            if h < self._best["heldout"] - self.min_delta:
+                self._best = {"heldout": h, "levels": swept, "iteration": self._iteration}
+                self._bad = 0
+            else:
+                self._bad += 1
+            if self._bad >= self.patience and not end:
+                end, why = True, f"early stop: no held-out improvement in {self.patience} sweeps"
+            if end:
+                self._levels = list(self._best["levels"])
+                self._early_stopped_at = self._best["iteration"]
+                why += f"; keeping sweep {self._best['iteration']} (best held-out {self._best['heldout']:.4g})"
+        if end:
+            if stage + 1 < len(self.stages):
+                self._levels = subdivide(self._levels)
+                self._stage, self._stage_iter = stage + 1, 0
+                why += f"; subdivided to {self.stages[stage + 1]} steps"
+            else:
+                self._done = True
+        return self._record(total, total_se, per, h, stage, self._done, why, time.perf_counter() - t0,
+                            levels=swept, moved=moved)
+
+    def _coordinate_sweep(self):
+        """One sweep (odd then even points in stage 0; only the new, odd points later) with ONE set
+        of common random numbers; returns (points moved, per-interval KLUB, total, its SE)."""
+        p = self.partition
+        noise = slice_noise(draw_noise(self.sampler, self.n_samples, self._gen), p.slice(self.n_samples))
+        L = torch.tensor(self._levels, dtype=torch.float64)
+        inner = list(range(1, len(L) - 1))
+        halves = [inner[0::2], inner[1::2]] if self._stage == 0 else [inner[0::2]]
+        vals, moved = {}, 0                      # interval i = (L[i+1], L[i]) -> per-sample terms
+        for idx in halves:
+            if not idx:
+                continue
+            j = torch.tensor(idx)
+            cand = candidates(L[j + 1], L[j - 1], L[j], self.n_candidates)          # [P, C]
+            P, C = cand.shape
+            lo = torch.cat([L[j + 1].unsqueeze(1).expand(P, C), cand]).reshape(-1)
+            hi = torch.cat([cand, L[j - 1].unsqueeze(1).expand(P, C)]).reshape(-1)
+            v = klub_samples(self._den, noise, lo, hi, self.c, self.chunk, self.coupling)
+            v_lo, v_hi = v.view(2, P, C, -1).unbind(0)
+            score = p.allreduce((v_lo + v_hi).sum(-1))                             # [P, C]
+            best = score.argmin(dim=1)                                              # ties keep current
+            for q, jj in enumerate(idx):
+                k = int(best[q])
+                moved += int(k != 0)
+                L[jj] = cand[q, k]
+                vals[jj], vals[jj - 1] = v_lo[q, k], v_hi[q, k]
+        self._levels = L.tolist()
+        V = torch.stack([vals[i] for i in range(len(L) - 1)])
+        per, _, _ = mean_se(V, p)
+        total, total_se, _ = mean_se(V.sum(0, keepdim=True), p)
+        return moved, per.tolist(), float(total), float(total_se)
+
+    def _evaluate(self, levels):
+        """KLUB of every interval of `levels` with a fresh draw (the start event)."""
+        p = self.partition
+        noise = slice_noise(draw_noise(self.sampler, self.n_samples, self._gen), p.slice(self.n_samples))
+        L = torch.tensor(levels, dtype=torch.float64)
+        V = klub_samples(self._den, noise, L[1:], L[:-1], self.c, self.chunk, self.coupling)
+        per, _, _ = mean_se(V, p)
+        total, total_se, _ = mean_se(V.sum(0, keepdim=True), p)
+        return per.tolist(), float(total), float(total_se)
+
+    def _heldout_value(self):
+        if self._metric is None:
+            return None
+        h = float(self._metric(self.current_schedule())) if self.partition.is_main else None
+        return self.partition.broadcast_float(h)
+
+    def _record(self, total, total_se, per, h, stage, done, message, seconds, levels=None, moved=0):
+        levels = list(self._levels if levels is None else levels)
+        self._history.append({"iteration": self._iteration, "stage": stage, "objective": total,
+                              "objective_se": total_se, "heldout": h, "moved": moved,
+                              "seconds": seconds, "sigmas": levels + [0.0]})
+        sched = Schedule(tuple(levels) + (0.0,), name="ays", params=self._params())
+        extra = {"per_interval": per, "objective_se": total_se, "early_stopped_at": self._early_stopped_at,
+                 "moved": moved, "stage_steps": len(levels), "heldout_name": self.heldout,
+                 "seconds": seconds, "next_sigmas": list(self._levels) + [0.0]}
+        return ProgressEvent("ays", self._iteration, sched, total, h, stage, done, message, extra)
+
+    # ---- results and state ------------------------------------------------------------------
+    def _params(self) -> dict:
+        return {"method": "ays", "c": self.c, "n_samples": self.n_samples, "seed": self.seed,
+                "stages": list(self.stages), "heldout": self.heldout, "model": getattr(self.model, "name", "")}
+
+    def finest(self) -> Schedule:
+        """The current finest schedule (first stage: the best held-out one so far)."""
+        lv = self._levels
+        if self._stage == 0 and self._best is not None and not self._done:
+            lv = self._best["levels"]
+        return Schedule(tuple(lv) + (0.0,), name="ays", params=self._params())
+
+    def result(self, steps: int | None = None) -> Schedule:
+        """The optimized schedule at `steps` steps (default self.steps): log-linear interpolation of
+        the finest schedule (exact first-stage points when steps == stages[0])."""
+        steps = self.steps if steps is None else steps
+        if not isinstance(steps, int) or steps < 2:
+            raise ScheduleLabError(f"result steps must be an integer >= 2; got {steps!r}")
+        f = self.finest()
+        lv = list(f.sigmas[:-1])
+        if (len(lv) - 1) % (steps - 1) == 0:           # nested stage: take its points exactly
+            lv = lv[:: (len(lv) - 1) // (steps - 1)]
+        else:
+            lv = list(resample_exact_ends(f, steps).sigmas[:-1])
+        return Schedule(tuple(lv) + (0.0,), name="ays", params={**self._params(), "finest_sigmas": list(f.sigmas)})
+
+    @property
+    def history(self) -> list:
+        return list(self._history)
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def state_dict(self) -> dict:
+        return {"format": STATE_FORMAT, "config": self.config(), "levels": list(self._levels),
+                "stage": self._stage, "stage_iter": self._stage_iter, "iteration": self._iteration,
+                "rng": self._gen.get_state().tolist(), "history": self._history, "best": self._best,
+                "bad": self._bad, "early_stopped_at": self._early_stopped_at,
+                "started": self._started, "done": self._done}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ScheduleLabError(f"not an AYS optimizer state (expected format {STATE_FORMAT!r})")
+        mine, theirs = self.config(), state.get("config", {})
+        diff = [k for k in CONFIG_KEYS if k in theirs and theirs[k] != mine[k]]
+        if diff:
+            k = diff[0]
+            raise ScheduleLabError(f"the saved AYS state was made with {k} = {theirs[k]!r}, this run has "
+                                   f"{mine[k]!r}; resume with the same settings or start a new run")
+        try:
+            levels = [float(x) for x in state["levels"]]
+            Schedule(tuple(levels) + (0.0,))
+            self._levels, self._stage = levels, int(state["stage"])
+            self._stage_iter, self._iteration = int(state["stage_iter"]), int(state["iteration"])
+            self._gen.set_state(torch.tensor(state["rng"], dtype=torch.uint8))
+            self._history, self._best, self._bad = list(state["history"]), state["best"], int(state["bad"])
+            self._early_stopped_at = state["early_stopped_at"]
+            self._started, self._done = bool(state["started"]), bool(state["done"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ScheduleLabError(f"the saved AYS state is incomplete or corrupt ({e}); start a new run") from None
+        if not 0 <= self._stage < len(self.stages) or len(levels) != self.stages[self._stage]:
+            raise ScheduleLabError("the saved AYS state does not match its stages; start a new run")
+
+
+def _check_stages(stages: tuple):
+    if not stages or any(not isinstance(s, int) or isinstance(s, bool) for s in stages):
+        raise ScheduleLabError(f"AYS stages must be a non-empty list of step counts; got {stages!r}")
+    if stages[0] < 3:
+        raise ScheduleLabError(f"the first AYS stage needs >= 3 steps (an interior point to move); got {stages[0]}")
+    for s, t in zip(stages[:-1], stages[1:]):
+        if t != 2 * s - 1:
+            raise ScheduleLabError(
+                f"AYS stage after {s} steps must have {2 * s - 1}: a geometric mean is inserted in each of "
+                f"the {s - 1} intervals between positive levels (the paper's 10 -> 20 -> 40 counts "
+                f"intervals, i.e. our {s} -> {2 * s - 1} -> {4 * s - 3} steps); got {t}")

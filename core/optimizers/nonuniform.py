@@ -1,0 +1,418 @@
+"""DM-NonUniform: optimized time steps for the `dpmpp_3m` solver (Xue et al. 2024, arXiv 2402.17376,
+Sec. 5; methods.md s.5).
+
+Minimise the data-free bound B(lambda_1 .. lambda_{n-2}) of `core.objectives.truncation` over the
+interior half-log-SNRs, with lambda_0 = -log sigma_max and lambda_{n-1} = -log sigma_min fixed,
+under the paper's linear ordering constraints with a small margin
+
+    lambda_{i+1} - lambda_i >= min_gap,   i = 0 .. n-2,
+
+by `scipy.optimize.minimize(method="trust-constr")` with the exact gradient (torch autograd,
+float64) and a BFGS Hessian approximation, from several starts (uniform lambda, uniform in the
+process's time t, EDM rho = 7); the lowest converged bound wins.  Where the bound has kinks
+(|c_j| at signed nodes, NFE <= 7 under the reference rule) it is solved in epigraph form (see
+`solve_from`).  Convergence is reported per
+start (`status`, `message`, `optimality`, `constr_violation`) and a run in which no start
+converged raises ScheduleLabError unless strict=False (then it is returned flagged).
+
+Each run sees the objective divided by its value at its own start (so tolerances mean the same
+for every sigma range and p; a shared scale made far starts fail in the epigraph form).
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.optimize import BFGS, LinearConstraint, NonlinearConstraint, minimize
+
+from core.errors import ScheduleLabError, unknown_name
+from core.objectives.truncation import SOLVER, _check_p, bound, bound_parts, quadrature_steps, signed_nodes
+from core.optimizers.base import Optimizer, ProgressEvent
+from core.schedules import Schedule
+
+STARTS = ("uniform_lambda", "uniform_t", "edm")
+
+
+@dataclass
+class StartResult:
+    """One trust-constr run.  converged = KKT optimality <= kkt_tol and constraints satisfied
+    (whatever stopped the run: trust-constr status 1 = gtol, 2 = xtol, 0 = maxiter)."""
+
+    start: str
+    lam: np.ndarray                 # [n] levels lambda_0 .. lambda_{n-1}
+    objective: float                # B at the result (final-sample error units)
+    start_objective: float          # B at the start
+    converged: bool
+    status: int
+    message: str
+    nit: int
+    nfev: int
+    optimality: float               # inf-norm of the Lagrangian gradient (KKT), scaled objective
+    constr_violation: float
+    seconds: float
+    iterates: list = field(default_factory=list)   # [(iteration, lam [n], objective)]
+
+    def to_dict(self) -> dict:
+        return {"start": self.start, "sigmas": np.exp(-self.lam).tolist(), "objective": self.objective,
+                "start_objective": self.start_objective, "converged": self.converged,
+                "status": self.status, "message": self.message, "nit": self.nit, "nfev": self.nfev,
+                "optimality": self.optimality, "constr_violation": self.constr_violation,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StartResult":
+        return cls(d["start"], -np.log(np.asarray(d["sigmas"], dtype=np.float64)), d["objective"],
+                   d["start_objective"], d["converged"], d["status"], d["message"], d["nit"], d["nfev"],
+                   d["optimality"], d["constr_violation"], d["seconds"])
+
+
+def resolve_range(process="edm", sigma_min=None, sigma_max=None):
+    """(process object, sigma_min, sigma_max): the process's own range unless given."""
+    from core.models.wrap import make_process
+    proc = make_process(process) if isinstance(process, (str, dict)) else process
+    if not all(hasattr(proc, a) for a in ("sigma", "t", "sigma_min", "sigma_max")):
+        raise ScheduleLabError("process must be a name (edm, vp-linear, vp-cosine, flow, discrete), a dict "
+                               "such as {'kind': 'discrete', 'beta_schedule': 'linear'}, or an object with "
+                               "sigma(t), t(sigma), sigma_min and sigma_max")
+    smin = float(proc.sigma_min if sigma_min is None else sigma_min)
+    smax = float(proc.sigma_max if sigma_max is None else sigma_max)
+    if not (math.isfinite(smin) and math.isfinite(smax) and 0 < smin < smax):
+        raise ScheduleLabError(f"need 0 < sigma_min < sigma_max; got sigma_min={smin}, sigma_max={smax}")
+    return proc, smin, smax
+
+
+def start_levels(start: str, steps: int, sigma_min: float, sigma_max: float, process="edm") -> np.ndarray:
+    """Initial levels lambda_0 .. lambda_{n-1} (n = steps) for one start.
+
+    uniform_lambda: uniform in lambda = -log sigma.  uniform_t: uniform in the process's time t
+    (EDM: t = sigma; VP: the VP time; flow: t = sigma / (1 + sigma)).  edm: Karras rho = 7."""
+    proc, smin, smax = resolve_range(process, sigma_min, sigma_max)
+    r = np.linspace(0.0, 1.0, steps)
+    if start == "uniform_lambda":
+        sig = np.exp(np.log(smax) + r * (np.log(smin) - np.log(smax)))
+    elif start == "uniform_t":
+        t0, t1 = float(proc.t(smax)), float(proc.t(smin))
+        sig = np.asarray(proc.sigma(t0 + r * (t1 - t0)), dtype=np.float64)
+    elif start == "edm":
+        a, b = smax ** (1 / 7), smin ** (1 / 7)
+        sig = (a + r * (b - a)) ** 7
+    else:
+        raise unknown_name("DM-NonUniform start", start, STARTS)
+    sig[0], sig[-1] = smax, smin
+    lam = -np.log(sig)
+    if not np.all(np.diff(lam) > 0):
+        raise ScheduleLabError(f"start {start!r} is not strictly decreasing in sigma for this process "
+                               f"and range ({smin:g} .. {smax:g}); drop it from starts")
+    return lam
+
+
+def ordering_constraint(lam0: float, lam_end: float, m: int, min_gap: float) -> LinearConstraint:
+    """lambda_0 + g <= x_1,  x_i + g <= x_{i+1},  x_m + g <= lambda_end  as A x >= lb (m + 1 rows)."""
+    A = np.zeros((m + 1, m))
+    lb = np.full(m + 1, min_gap)
+    A[0, 0], lb[0] = 1.0, lam0 + min_gap
+    for i in range(1, m):
+        A[i, i], A[i, i - 1] = 1.0, -1.0
+    A[m, m - 1], lb[m] = -1.0, min_gap - lam_end
+    return LinearConstraint(A, lb, np.full(m + 1, np.inf))
+
+
+class _Evaluator:
+    """B split for trust-constr, evaluated once per point x (interior lambdas) and cached.
+
+    smooth(x) = (sum(q) + sum_{j not signed} |c_j|) / scale and its gradient; c_S(x) / scale for
+    the signed nodes S and its Jacobian [|S|, m] (one backward pass per row)."""
+
+    def __init__(self, lam0, lam_end, p, quadrature, scale, signed):
+        self.lo = torch.tensor([lam0], dtype=torch.float64)
+        self.hi = torch.tensor([lam_end], dtype=torch.float64)
+        self.p, self.quadrature, self.scale = p, quadrature, scale
+        self.S = torch.tensor(signed, dtype=torch.long)
+        self.rest = None
+        self._key = None
+
+    def _eval(self, x):
+        key = x.tobytes()
+        if key == self._key:
+            return
+        t = torch.from_numpy(x.copy()).requires_grad_(True)
+        q, c = bound_parts(torch.cat([self.lo, t, self.hi]), self.p, self.quadrature)
+        if self.rest is None:
+            self.rest = torch.ones(c.shape[0], dtype=torch.bool)
+            self.rest[self.S] = False
+        smooth = (q.sum() + c[self.rest].abs().sum()) / self.scale
+        cs = c[self.S] / self.scale
+        (g,) = torch.autograd.grad(smooth, t, retain_graph=len(self.S) > 0)
+        rows = [torch.autograd.grad(cs[i], t, retain_graph=i + 1 < len(self.S))[0] for i in range(len(self.S))]
+        self.f, self.g = smooth.item(), g.numpy()
+        self.c = cs.detach().numpy()
+        self.J = torch.stack(rows).numpy() if rows else np.zeros((0, x.size))
+        self._key = key
+
+    def smooth(self, x):
+        self._eval(x)
+        return self.f, self.g
+
+    def signed(self, x):
+        self._eval(x)
+        return self.c, self.J
+
+
+def solve_from(lam_start: np.ndarray, p: float = 1.0, quadrature="auto", *, start: str = "custom",
+               scale: float | None = None, gradient: str = "exact", gtol: float = 1e-8,
+               kkt_tol: float = 1e-5, maxiter: int = 1000, min_gap: float | None = None,
+               barrier: float = 1e-5, xtol: float = 1e-12, record: bool = False) -> StartResult:
+    """One trust-constr run from `lam_start` ([n] increasing); endpoints stay fixed.
+
+    gradient="exact": torch autograd gradients (float64).  The kinks of |c_j| at signed nodes
+        (see `signed_nodes`; none for quadrature="all") are handled exactly by the epigraph form
+        min sum(q) + sum_j t_j  s.t.  t_j >= c_j, t_j >= -c_j  (NonlinearConstraint with its
+        autograd Jacobian), which has the same minimisers as B and meaningful KKT conditions.
+    gradient="2-point": the reference code's run (B itself, SciPy finite differences, BFGS), for
+        the benchmark.
+    scale: objective normaliser (default: B at the start).  min_gap: ordering margin in lambda
+    (default 1e-3 of the mean step).  barrier: trust-constr's initial barrier parameter (small,
+    since the solutions are interior).  xtol: trust-radius termination (tiny: gtol decides).
+    record: keep every iterate (progress events).  SciPy's defaults (the reference code's call)
+    are barrier=0.1, xtol=1e-8, min_gap=0, gradient="2-point".
+    converged = KKT optimality <= kkt_tol (scaled objective) and constraint violation <= 1e-8.
+    """
+    _check_p(p)
+    lam_start = np.asarray(lam_start, dtype=np.float64)
+    if lam_start.ndim != 1 or lam_start.size < 2 or not np.all(np.isfinite(lam_start)):
+        raise ScheduleLabError("lam_start must be a 1-d array of >= 2 finite half-log-SNRs")
+    n = lam_start.shape[0]
+    m = n - 2
+    l0, l1 = float(lam_start[0]), float(lam_start[-1])
+    with torch.no_grad():
+        b_start = float(bound(torch.from_numpy(lam_start.copy()), p, quadrature))
+    scale = b_start if scale is None else float(scale)
+    if m <= 0:
+        return StartResult(start, lam_start, b_start, b_start, True, 1,
+                           "no interior level to optimize (steps <= 2)", 0, 1, 0.0, 0.0, 0.0)
+    gap = 1e-3 * (l1 - l0) / (n - 1) if min_gap is None else float(min_gap)
+    if not np.all(np.diff(lam_start) > max(gap, 0.0)):
+        raise ScheduleLabError(f"start {start!r} violates the ordering margin {gap:g} in lambda")
+    signed = signed_nodes(n, quadrature) if gradient == "exact" else ()
+    ns = len(signed)
+    ev = _Evaluator(l0, l1, p, quadrature, scale, signed)
+    order = ordering_constraint(l0, l1, m, gap)
+    iterates = []
+
+    def callback(intermediate_result):
+        if record:
+            x = intermediate_result.x[:m]
+            with torch.no_grad():
+                b = float(bound(torch.from_numpy(np.r_[l0, x, l1]), p, quadrature))
+            iterates.append((int(intermediate_result.nit), np.r_[l0, x, l1], b))
+
+    opts = {"gtol": gtol, "xtol": xtol, "maxiter": maxiter, "initial_barrier_parameter": barrier}
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="delta_grad == 0.0")
+        if gradient == "2-point":
+            def fun(x):
+                with torch.no_grad():
+                    return bound(torch.from_numpy(np.r_[l0, x, l1]), p, quadrature).item() / scale
+            r = minimize(fun, lam_start[1:-1].copy(), jac="2-point", hess=BFGS(), method="trust-constr",
+                         constraints=[order], options=opts, callback=callback)
+        elif gradient != "exact":
+            raise ScheduleLabError(f"gradient must be 'exact' or '2-point'; got {gradient!r}")
+        elif ns == 0:
+            r = minimize(ev.smooth, lam_start[1:-1].copy(), jac=True, hess=BFGS(), method="trust-constr",
+                         constraints=[order], options=opts, callback=callback)
+        else:
+            def fun(z):
+                f, g = ev.smooth(z[:m])
+                return f + z[m:].sum(), np.r_[g, np.ones(ns)]
+
+            def con(z):
+                c, _ = ev.signed(z[:m])
+                return np.r_[z[m:] - c, z[m:] + c]
+
+            def con_jac(z):
+                _, J = ev.signed(z[:m])
+                eye = np.eye(ns)
+                return np.block([[-J, eye], [J, eye]])
+
+            c0, _ = ev.signed(lam_start[1:-1].copy())
+            z0 = np.r_[lam_start[1:-1], np.abs(c0) * 1.01 + 1e-6]
+            epi = NonlinearConstraint(con, 0.0, np.inf, jac=con_jac, hess=BFGS())
+            lin = LinearConstraint(np.c_[order.A, np.zeros((m + 1, ns))], order.lb, order.ub)
+            r = minimize(fun, z0, jac=True, hess=BFGS(), method="trust-constr", constraints=[lin, epi],
+                         options=opts, callback=callback)
+    secs = time.perf_counter() - t0
+    lam = np.r_[l0, r.x[:m], l1]
+    with torch.no_grad():
+        b = float(bound(torch.from_numpy(lam.copy()), p, quadrature))
+    ok = float(r.optimality) <= kkt_tol and float(r.constr_violation) <= 1e-8 and math.isfinite(b)
+    return StartResult(start, lam, b, b_start, ok, int(r.status), str(r.message), int(r.nit), int(r.nfev),
+                       float(r.optimality), float(r.constr_violation), secs, iterates)
+
+
+def _schedule(lam: np.ndarray, sigma_max: float, sigma_min: float, **params) -> Schedule:
+    """Levels exp(-lam) with the fixed endpoints exact (no exp(log(.)) round-off), then 0."""
+    sig = np.exp(-np.asarray(lam, dtype=np.float64))
+    sig[0], sig[-1] = sigma_max, sigma_min
+    return Schedule(tuple(sig.tolist()) + (0.0,), name="nonuniform", params=params, solver=SOLVER)
+
+
+def _check_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
+        raise ScheduleLabError(f"DM-NonUniform needs an integer steps >= 2 (sigma_max, sigma_min, 0; "
+                               f"n - 2 levels are optimized); got {steps!r}")
+    if steps > 200:
+        raise ScheduleLabError(f"steps = {steps} is more than DM-NonUniform is meant for (<= 200); "
+                               "it optimizes few-step schedules")
+    return int(steps)
+
+
+class NonUniformOptimizer(Optimizer):
+    """DM-NonUniform as an Optimizer: one trust-constr run per start, best converged kept.
+
+    Args:
+        steps: n (= NFE of dpmpp_3m); n - 2 interior levels are optimized.
+        sigma_min, sigma_max: fixed endpoints (default: the process's range).
+        p: error-model exponent (1 pixel, 2 latent).
+        process: "edm" | "vp-linear" | "vp-cosine" | "flow" | "discrete" (DDPM linear betas), a
+            dict for core.models.wrap.make_process, or a process object: it fixes the uniform-t
+            start and the default range; the bound itself lives in sigma.
+        starts: subset of STARTS.
+        quadrature: see core.objectives.truncation.quadrature_steps ("auto").
+        strict: result() raises ScheduleLabError when no start converged (else returns it flagged).
+        gtol, kkt_tol, maxiter: trust-constr termination and the acceptance test (see solve_from).
+    Events: one per trust-constr iteration (iteration, schedule, bound), one per finished start
+    (extra: converged, status, message, optimality, constr_violation), a last one with done=True.
+    State: the finished starts (a run resumes with the next start).
+    """
+
+    method = "nonuniform"
+
+    def __init__(self, steps: int, sigma_min: float | None = None, sigma_max: float | None = None,
+                 p: float = 1.0, process="edm", starts=STARTS, quadrature="auto", strict: bool = True,
+                 gtol: float = 1e-8, kkt_tol: float = 1e-5, maxiter: int = 1000):
+        self.steps = _check_steps(steps)
+        _check_p(p)
+        self.proc, self.sigma_min, self.sigma_max = resolve_range(process, sigma_min, sigma_max)
+        self.process = getattr(self.proc, "name", type(self.proc).__name__)
+        starts = (starts,) if isinstance(starts, str) else tuple(starts)
+        if not starts:
+            raise ScheduleLabError(f"give at least one start from {', '.join(STARTS)}")
+        for st in starts:
+            if st not in STARTS:
+                raise unknown_name("DM-NonUniform start", st, STARTS)
+        quadrature_steps(self.steps, quadrature)
+        self.p, self.starts, self.quadrature, self.strict = float(p), starts, quadrature, strict
+        self.gtol, self.kkt_tol, self.maxiter = gtol, kkt_tol, maxiter
+        self.done: list[StartResult] = []
+        self.iteration = 0
+        self._iteration_done = 0      # iteration count when the last start finished (what a resume restarts from)
+
+    def _config(self) -> dict:
+        return {"steps": self.steps, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "p": self.p,
+                "process": self.process, "starts": list(self.starts), "quadrature": self.quadrature}
+
+    def events(self):
+        finished = {r.start for r in self.done}
+        for st in self.starts:
+            if st in finished:
+                continue
+            lam0 = start_levels(st, self.steps, self.sigma_min, self.sigma_max, self.proc)
+            r = solve_from(lam0, self.p, self.quadrature, start=st, gtol=self.gtol,
+                           kkt_tol=self.kkt_tol, maxiter=self.maxiter, record=True)
+            for it, lam, b in r.iterates:
+                if not np.all(np.diff(lam) > 0):       # interior-point iterates may leave the ordering
+                    continue
+                self.iteration += 1
+                yield ProgressEvent(self.method, self.iteration, self._sched(lam), b,
+                                    message=f"start {st}: trust-constr iteration {it}",
+                                    extra={"start": st})
+            r.iterates = []
+            self.done.append(r)
+            self.iteration += 1
+            self._iteration_done = self.iteration
+            flag = "converged" if r.converged else "NOT converged"
+            yield ProgressEvent(self.method, self.iteration, self._sched(r.lam), r.objective,
+                                message=f"start {st}: {flag} after {r.nit} iterations ({r.message})",
+                                extra=r.to_dict())
+        best = self._best()
+        self.iteration += 1
+        msg = (f"best start {best.start}: bound {best.objective:.6g}" if best.converged else
+               f"NOT converged from any start; best bound {best.objective:.6g} ({best.message})")
+        yield ProgressEvent(self.method, self.iteration, self.result(check=False), best.objective, done=True,
+                            message=msg, extra=self.info())
+
+    def _best(self) -> StartResult:
+        if not self.done:
+            raise ScheduleLabError("DM-NonUniform has not run yet; iterate events() first")
+        pool = [r for r in self.done if r.converged] or self.done
+        return min(pool, key=lambda r: r.objective)
+
+    @property
+    def converged(self) -> bool:
+        """Whether the best start converged (False before any start has run)."""
+        return bool(self.done) and self._best().converged
+
+    @property
+    def status(self) -> int | None:
+        """trust-constr status of the best start (1 gtol, 2 xtol, 0 maxiter), None before a run."""
+        return self._best().status if self.done else None
+
+    @property
+    def message(self) -> str:
+        return self._best().message if self.done else "not run"
+
+    def info(self) -> dict:
+        """Convergence report: objective, converged, status, message, optimality, constr_violation,
+        best_start, runs (one dict per start) and the settings."""
+        best = self._best()
+        return {"objective": best.objective, "converged": best.converged, "status": best.status,
+                "message": best.message, "optimality": best.optimality,
+                "constr_violation": best.constr_violation, "best_start": best.start,
+                "runs": [r.to_dict() for r in self.done], "solver": SOLVER,
+                "seconds": sum(r.seconds for r in self.done), **self._config()}
+
+    def result(self, check: bool = True) -> Schedule:
+        best = self._best()
+        if check and not best.converged:
+            msg = (f"DM-NonUniform did not converge from any start ({'; '.join(f'{r.start}: {r.message}' for r in self.done)}); "
+                   "try quadrature='all', more maxiter, or another sigma range")
+            if self.strict:
+                raise ScheduleLabError(msg)
+            warnings.warn(msg)
+        return self._sched(best.lam, p=self.p, process=self.process, quadrature=self.quadrature,
+                           objective=best.objective, converged=best.converged, start=best.start)
+
+    def _sched(self, lam, **params) -> Schedule:
+        return _schedule(lam, self.sigma_max, self.sigma_min, **params)
+
+    def state_dict(self) -> dict:
+        # an unfinished start is rerun from its beginning on resume, so its iterations are not counted
+        return {"method": self.method, "config": self._config(), "iteration": self._iteration_done,
+                "done": [r.to_dict() for r in self.done]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("method") != self.method or state.get("config") != self._config():
+            raise ScheduleLabError("this state belongs to a different DM-NonUniform run (steps, range, p, "
+                                   "process, starts or quadrature differ); start afresh")
+        self.iteration = self._iteration_done = int(state["iteration"])
+        self.done = [StartResult.from_dict(d) for d in state["done"]]
+
+
+def optimize_nonuniform(steps: int, sigma_min: float | None = None, sigma_max: float | None = None,
+                        p: float = 1.0, process="edm", starts=STARTS, quadrature="auto",
+                        strict: bool = True, **kw):
+    """DM-NonUniform schedule for dpmpp_3m: returns (Schedule with solver="dpmpp_3m", info dict).
+
+    See NonUniformOptimizer for the arguments and `info()` for the report.  Raises
+    ScheduleLabError when no start converged (strict=True); with strict=False the result comes
+    back with info["converged"] = False and a warning."""
+    opt = NonUniformOptimizer(steps, sigma_min, sigma_max, p=p, process=process, starts=starts,
+                              quadrature=quadrature, strict=strict, **kw)
+    for _ in opt.events():
+        pass
+    return opt.result(), opt.info()

@@ -1,0 +1,196 @@
+"""Optimizer: run AYS, DM-NonUniform or the score-optimal search live on the chosen toy model,
+with every knob; Start / Stop / Resume; the schedule's points, the objective and the held-out
+metric update while it runs; the result goes to the session's schedule library."""
+import streamlit as st
+
+from app_lib import engine, plots
+from app_lib.runner import OptimizerRun
+from app_lib.state import add_to_library, init_widgets, settings, solver_options
+from core.errors import ScheduleLabError
+from core.optimizers.heldout import HELDOUT
+from core.optimizers.nonuniform import STARTS
+
+RUN = "opt_run"
+NU_EVENT_FACTOR = 20     # DM-NonUniform yields one cheap event per trust-constr iteration
+# knob -> (label, help)
+KNOBS = {
+    "steps": ("Steps", "steps of the final schedule (AYS: of the first stage)"),
+    "stages": ("Stages", "AYS hierarchy: optimize at `steps`, then insert the geometric mean in every interval "
+                         "and optimize the new points (steps -> 2 steps - 1 -> 4 steps - 3; AYS Sec. 3.3)"),
+    "n_samples": ("Samples", "AYS: Monte Carlo samples per sweep; score-optimal: data samples per noise level"),
+    "n_candidates": ("Candidates", "AYS: values tried per point and sweep besides the current one, log-spaced "
+                                   "between its neighbours (paper: 10)"),
+    "c": ("c", "AYS: data scale of KLUB's importance sampler (Eq. 15)"),
+    "max_iters": ("Iterations", "AYS: sweep cap per stage"),
+    "maxiter": ("Solver iterations", "DM-NonUniform: trust-constr iteration cap per start"),
+    "heldout": ("Early-stopping metric", "AYS: held-out quality metric, lower is better (nll: exact density of the "
+                                         "toy; swd: sliced W2 to data; ref_error: distance to a many-step solution); "
+                                         "'none' disables early stopping"),
+    "patience": ("Patience", "AYS: first-stage sweeps without a held-out improvement before stopping early"),
+    "heldout_solver": ("Solver", "AYS: the solver the held-out metric samples with (the solver the schedule is "
+                                 "tuned for). DM-NonUniform always optimizes for dpmpp_3m."),
+    "heldout_n": ("Held-out samples", "AYS: samples per held-out evaluation"),
+    "p": ("p", "DM-NonUniform model-error exponent: 1 for pixel models, 2 for latent ones"),
+    "v": ("v", "score-optimal speed v(sigma) = sigma^v (the paper's transcription uses v = 1)"),
+    "levels": ("Levels", "score-optimal: log-spaced noise levels of the Stein density grid"),
+    "starts": ("Starts", "DM-NonUniform: initial schedules; the lowest converged bound wins"),
+}
+
+st.title("Optimizer")
+st.caption("Run a schedule optimizer on the sidebar's toy model and watch it work: the points move, "
+           "the objective falls, and the held-out metric tells when to stop (the bound's optimum is not "
+           "the true optimum, AYS Sec. 3.3).")
+
+cfg = settings()
+init_widgets({"opt_method": "ays", "opt_steps": 10, "opt_stages": 1, "opt_n_samples": 1024,
+              "opt_n_candidates": 10, "opt_c": 0.5, "opt_max_iters": 30, "opt_heldout": "nll",
+              "opt_patience": 3, "opt_heldout_solver": "dpmpp_2m", "opt_heldout_n": 2048, "opt_p": 1.0,
+              "opt_v": 1.0, "opt_levels": 100, "opt_starts": list(STARTS), "opt_maxiter": 1000, "opt_events_per_rerun": 2})
+st.selectbox("Method", list(engine.OPTIMIZERS), key="opt_method", format_func=engine.OPTIMIZERS.get)
+method = st.session_state.opt_method
+uses = engine.METHOD_KNOBS[method]
+if method == "nonuniform":
+    st.info("DM-NonUniform minimises an error bound of the **dpmpp_3m** solver: the schedule it returns is "
+            "meant for dpmpp_3m (it is saved with solver = dpmpp_3m). It needs no data and no model.")
+
+
+def off(k):
+    return k not in uses
+
+
+with st.expander("Knobs", expanded=True):
+    k = st.columns(4)
+    k[0].number_input(KNOBS["steps"][0], 3, 200, step=1, key="opt_steps", help=KNOBS["steps"][1])
+    k[1].number_input(KNOBS["stages"][0], 1, 3, step=1, key="opt_stages", help=KNOBS["stages"][1],
+                      disabled=off("stages"))
+    k[2].selectbox(KNOBS["n_samples"][0], [64, 128, 256, 512, 1024, 2048, 4096, 8192], key="opt_n_samples",
+                   help=KNOBS["n_samples"][1], disabled=off("n_samples"))
+    k[3].number_input(KNOBS["n_candidates"][0], 1, 100, step=1, key="opt_n_candidates",
+                      help=KNOBS["n_candidates"][1], disabled=off("n_candidates"))
+    k = st.columns(4)
+    k[0].number_input(KNOBS["c"][0], 0.01, 10.0, format="%.3g", key="opt_c", help=KNOBS["c"][1],
+                      disabled=off("c"))
+    k[1].number_input(KNOBS["max_iters"][0], 1, 1000, step=1, key="opt_max_iters", help=KNOBS["max_iters"][1],
+                      disabled=off("max_iters"))
+    k[2].selectbox(KNOBS["heldout"][0], list(HELDOUT) + ["none"], key="opt_heldout",
+                   help=KNOBS["heldout"][1], disabled=off("heldout"))
+    k[3].number_input(KNOBS["patience"][0], 1, 100, step=1, key="opt_patience", help=KNOBS["patience"][1],
+                      disabled=off("patience"))
+    k = st.columns(4)
+    k[0].selectbox(KNOBS["heldout_solver"][0], solver_options(), key="opt_heldout_solver",
+                   help=KNOBS["heldout_solver"][1], disabled=off("heldout_solver"))
+    k[1].selectbox(KNOBS["heldout_n"][0], [256, 512, 1024, 2048, 4096, 8192], key="opt_heldout_n",
+                   help=KNOBS["heldout_n"][1], disabled=off("heldout_n"))
+    k[2].number_input(KNOBS["p"][0], 0.0, 4.0, step=0.5, key="opt_p", help=KNOBS["p"][1], disabled=off("p"))
+    k[3].number_input(KNOBS["v"][0], 0.0, 4.0, step=0.5, key="opt_v", help=KNOBS["v"][1], disabled=off("v"))
+    k = st.columns([1, 1, 2])
+    k[0].selectbox(KNOBS["levels"][0], [50, 100, 200, 400], key="opt_levels", help=KNOBS["levels"][1],
+                   disabled=off("levels"))
+    k[1].number_input(KNOBS["maxiter"][0], 10, 5000, step=10, key="opt_maxiter", help=KNOBS["maxiter"][1],
+                      disabled=off("maxiter"))
+    k[2].multiselect(KNOBS["starts"][0], list(STARTS), key="opt_starts", help=KNOBS["starts"][1],
+                     disabled=off("starts"))
+    st.slider("Iterations per refresh", 1, 20, key="opt_events_per_rerun",
+              help=f"how many optimizer events each refresh pulls (fewer: more responsive page; DM-NonUniform "
+                   f"pulls {NU_EVENT_FACTOR} times as many, its events are cheap). Seed: the sidebar's.")
+
+
+def knob_values() -> dict:
+    ss = st.session_state
+    return {"steps": int(ss.opt_steps), "stages": int(ss.opt_stages), "n_samples": int(ss.opt_n_samples),
+            "n_candidates": int(ss.opt_n_candidates), "c": float(ss.opt_c), "max_iters": int(ss.opt_max_iters),
+            "heldout": None if ss.opt_heldout == "none" else ss.opt_heldout, "patience": int(ss.opt_patience),
+            "heldout_solver": ss.opt_heldout_solver, "heldout_n": int(ss.opt_heldout_n), "p": float(ss.opt_p),
+            "v": float(ss.opt_v), "levels": int(ss.opt_levels), "maxiter": int(ss.opt_maxiter), "starts": tuple(ss.opt_starts),
+            "seed": cfg["seed"]}
+
+
+def _start():
+    ss = st.session_state
+    m = ss.opt_method
+    all_knobs = knob_values()
+    knobs = {k: v for k, v in all_knobs.items() if k in engine.METHOD_KNOBS[m]}
+    run = OptimizerRun(m, engine.optimizer_factory(m, all_knobs, cfg["toy"], cfg["model_kind"], cfg["device"]),
+                       {**knobs, "toy": cfg["toy"], "model": cfg["model_kind"]})
+    ss[RUN] = run
+    try:
+        run.start()
+    except ScheduleLabError as e:
+        run.status, run.message = "failed", str(e)
+
+
+def _stop():
+    st.session_state[RUN].stop()
+
+
+def _resume():
+    try:
+        st.session_state[RUN].resume()
+    except ScheduleLabError as e:
+        st.session_state[RUN].message = str(e)
+
+
+def _save():
+    run = st.session_state[RUN]
+    try:
+        s = run.result()
+    except ScheduleLabError as e:
+        run.message = str(e)
+        return
+    run.saved_label = add_to_library(s, f"{run.method} {run.knobs.get('toy', '')} ({s.steps} steps)")
+    run.saved_solver = s.solver
+
+
+run = st.session_state.get(RUN)
+status = run.status if run is not None else "idle"
+b = st.columns(5)
+b[0].button("Start", key="opt_start", on_click=_start, disabled=status == "running", type="primary")
+b[1].button("Stop", key="opt_stop", on_click=_stop, disabled=status != "running")
+b[2].button("Resume", key="opt_resume", on_click=_resume, disabled=status != "stopped")
+b[3].button("Save result to library", key="opt_save", on_click=_save,
+            disabled=run is None or run.state is None or status == "running")
+
+
+@st.fragment(run_every=0.5 if status == "running" else None)
+def live():
+    run = st.session_state.get(RUN)
+    if run is None:
+        st.info("Set the knobs and press Start. The optimizer runs a few iterations per refresh; Stop "
+                "keeps its state and Resume continues from it.")
+        return
+    was = run.status
+    per = int(st.session_state.opt_events_per_rerun) * (NU_EVENT_FACTOR if run.method == "nonuniform" else 1)
+    run.pull(max_events=per)
+    if run.status == "done" and run.saved_label is None:
+        _save()
+    if run.status != was:
+        st.rerun(scope="app")    # buttons and the refresh timer follow the new status
+    (st.error if run.status == "failed" else st.caption)(f"**{run.status}** — {run.message}")
+    if run.history:
+        last = run.history[-1]
+        if run.method == "score_optimal" and not last["done"]:
+            done = run.state["levels_done"] if run.state else 0
+            st.progress(done / max(int(run.knobs["levels"]), 1), text=f"Stein density: {done}/{run.knobs['levels']} "
+                        "levels estimated; the schedule follows from it at the end")
+        else:
+            total = max(int(run.knobs.get("max_iters") or run.knobs.get("maxiter") or 1), 1)
+            st.progress(1.0 if run.status == "done" else min(1.0, (last["iteration"] + 1) / total),
+                        text=f"iteration {last['iteration']}, {last['group']}, objective {last['objective']:.5g}")
+        c = st.columns(2)
+        c[0].plotly_chart(plots.optimizer_points_fig(run.history), key="opt_fig_points")
+        c[0].caption("Each column of points is the schedule after one iteration: watch the interior points "
+                     "move while sigma_max and sigma_min stay fixed. Colours mark the AYS stages (or the "
+                     "DM-NonUniform starts); score-optimal shows its schedule once the density is complete.")
+        c[1].plotly_chart(plots.optimizer_curves_fig(run.history, run.early_stopped_at, run.best_so_far),
+                          key="opt_fig_curves")
+        c[1].caption("The objective the method minimises (left axis: total KLUB, error bound or Stein cost) and "
+                     "the held-out metric (right axis, lower is better). The dashed green line marks the "
+                     "early-stopping point (the first-stage sweep AYS kept); the dotted line the best held-out "
+                     "sweep so far.")
+    if run.saved_label:
+        meant = (f" It is meant for the **{run.saved_solver}** solver (the bound it minimises models that "
+                 "solver): sample it with that solver." if getattr(run, "saved_solver", None) else "")
+        st.success(f"saved to the schedule library as {run.saved_label!r}.{meant}")
+
+
+live()

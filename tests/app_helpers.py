@@ -1,0 +1,83 @@
+"""Shared helpers for the AppTest page tests: start the app on a page, read plotted data."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+
+
+CHEAP_START = {"pg_steps": 2, "pg_n": 500, "pg_seeds": 1, "pg_paths": 4}
+
+
+def open_page(page: str, toy: str = "gaussian", timeout: float = 120, **state) -> AppTest:
+    """AppTest of app.py (navigation + sidebar) on pages/PAGE.py, with the sidebar's toy and extra
+    session state. Other pages are reached as a user does: app.py starts on the playground (kept
+    cheap unless the test sets its widgets), then the page is switched."""
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    at.session_state["sb_toy"] = toy
+    start = {} if page == "playground" else CHEAP_START
+    for k, v in {**start, **state}.items():
+        at.session_state[k] = v
+    at.run()
+    assert at.sidebar.selectbox(key="sb_toy").value == toy          # the shared sidebar is there
+    if page != "playground":
+        # (AppTest 1.67 drops sidebar elements from its tree after switch_page; a real browser
+        # keeps them: tests/test_browser.py checks the sidebar on every page)
+        at.switch_page(f"pages/{page}.py").run()
+    assert_clean(at)
+    return at
+
+
+def assert_clean(at: AppTest) -> None:
+    """No exception block and no st.error on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def figures(at: AppTest) -> dict:
+    """{chart key: plotly figure dict} of every plotly chart on the page."""
+    return {el.key: json.loads(el.proto.spec) for el in at.get("plotly_chart")}
+
+
+def trace(fig: dict, name: str) -> dict:
+    hits = [t for t in fig["data"] if t.get("name") == name]
+    assert hits, f"no trace {name!r} in {[t.get('name') for t in fig['data']]}"
+    return hits[0]
+
+
+def require(module: str):
+    """Import an engine module another branch delivers; ImportError (-> xfail) when missing."""
+    import importlib
+    return importlib.import_module(module)
+
+
+missing_ok = pytest.mark.xfail(raises=ImportError, strict=False,
+                               reason="engine module from another branch not merged yet")
+
+
+def arr(v):
+    """A plotly JSON array (a list, or a typed array {"dtype", "bdata", "shape"}) -> numpy."""
+    import base64
+
+    import numpy as np
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        return a.reshape([int(s) for s in str(v["shape"]).split(",")]) if "shape" in v else a
+    return np.asarray(v, dtype=np.float64)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """(Autouse in every test module that imports it.) One intra-op torch thread per test: these tensors are tiny, and on a
+    shared 2-core machine two OpenMP threads per process measured up to ten times slower. Both
+    sides of every comparison run under the same setting."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,0 +1,77 @@
+"""Images page through AppTest: schedules sampled from the same noise, differences to the
+many-step reference and the NFE sweep are core.compare's numbers. The wiring is checked with a
+Gaussian image model whose denoiser is exact (tests/fake_engine); the digits-model test runs the shipped checkpoint."""
+import numpy as np
+import pytest
+
+import fake_engine
+from app_helpers import arr, assert_clean, figures, open_page, require, trace
+from app_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
+from core.compare import compare_to_reference, error_vs_nfe
+from core.schedules import make_schedule
+
+STATE = {"im_scheds": ["karras", "loglinear"], "im_nfe": 6, "im_n": 4, "im_ref_steps": 40}
+
+
+@pytest.fixture()
+def fake(monkeypatch):
+    fake_engine.install(monkeypatch, "core.models.registry")
+    yield
+    fake_engine.install(monkeypatch)
+
+
+def test_missing_registry_is_reported(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "core.models.registry", None)
+    at = open_page("images")
+    assert any("not available in this build" in i.value for i in at.info)
+
+
+def test_same_noise_samples_and_reference_difference(fake):
+    at = open_page("images", **STATE)
+    f = figures(at)
+    model = fake_engine.GaussianImages()
+    scheds = {k: make_schedule(k, 6, 0.002, 80.0) for k in ("karras", "loglinear")}
+    want = compare_to_reference(model, scheds, solver="dpmpp_2m", n=4, seed=0, ref_steps=40)
+    res = at.session_state["im_result"]
+    for k in scheds:
+        assert res["rmse"][k] == pytest.approx(want["rmse"][k], rel=1e-9)
+        assert res["nfe"][k] == 6
+    # the first image of each grid is the engine's sample / difference, [8, 8]
+    img = arr(f["im_fig_s0"]["data"][0]["z"]).reshape(8, 8)
+    np.testing.assert_allclose(img, want["samples"]["karras"][0, 0].numpy(), rtol=1e-9)
+    diff = arr(f["im_fig_d1"]["data"][0]["z"]).reshape(8, 8)
+    np.testing.assert_allclose(diff, want["difference"]["loglinear"][0, 0].numpy(), rtol=1e-9, atol=1e-15)
+    # the exact Gaussian denoiser makes the ODE linear: more steps -> closer to the reference
+    assert len(at.dataframe[0].value) == 2
+
+
+def test_nfe_sweep_plots_error_vs_nfe(fake):
+    at = open_page("images", **STATE)
+    at.multiselect(key="im_nfes").set_value([3, 6])
+    at.toggle(key="im_sweep").set_value(True).run()
+    assert_clean(at)
+    sweep = at.session_state["im_sweep_result"]
+    fams = {k: (lambda steps, k=k: make_schedule(k, steps, 0.002, 80.0)) for k in ("karras", "loglinear")}
+    want = error_vs_nfe(fake_engine.GaussianImages(), fams, [3, 6], solver="dpmpp_2m", n=4, seed=0, ref_steps=40)
+    fig = figures(at)["im_fig_nfe"]
+    for k in fams:
+        np.testing.assert_allclose(arr(trace(fig, k)["y"]), want["rmse"][k], rtol=1e-9)
+        np.testing.assert_allclose(sweep["rmse"][k], want["rmse"][k], rtol=1e-9)
+        assert want["rmse"][k][1] < want["rmse"][k][0]          # more model calls, closer to the ODE
+
+
+def test_stochastic_solvers_are_not_offered(fake):
+    at = open_page("images", **STATE)
+    assert set(at.selectbox(key="im_solver").options).isdisjoint({"ddim_sde", "dpmpp_2m_sde"})
+
+
+def test_real_digits_model_on_the_page():
+    reg = require("core.models.registry")
+    assert "digits" in reg.model_names()
+    at = open_page("images", im_model="digits", im_scheds=["karras", "loglinear"], im_nfe=6, im_n=4,
+                   im_ref_steps=30)
+    f = figures(at)
+    assert {"im_fig_ref", "im_fig_s0", "im_fig_s1", "im_fig_d0", "im_fig_d1"} <= set(f)
+    res = at.session_state["im_result"]
+    assert all(np.isfinite(v) and v > 0 for v in res["rmse"].values())

@@ -1,0 +1,81 @@
+"""Playground page through AppTest: the plotted samples, trajectories, schedule points and
+metrics are exactly the engine's numbers for the chosen widgets, and both schedules start from
+the same noise."""
+import numpy as np
+import pytest
+import torch
+
+from app_helpers import arr, assert_clean, figures, open_page, trace
+from app_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
+from core.evaluate import evaluate_toy
+from core.models import load_toy_model
+from core.sampling import generate
+from core.schedules import make_schedule
+from core.viz_data import density_grid
+from toy_data import get_toy
+
+SMALL = {"pg_steps": 6, "pg_n": 500, "pg_seeds": 2, "pg_paths": 8}
+
+
+@pytest.fixture(scope="module")
+def page():
+    return open_page("playground", toy="gaussian", **SMALL)
+
+
+def test_samples_are_the_engines_on_the_same_noise(page):
+    f = figures(page)
+    model = load_toy_model("gaussian", "exact")
+    for side, name in (("A", "karras"), ("B", "kl_optimal")):
+        s = make_schedule(name, 6, model.sigma_min, model.sigma_max, **({"c": 0.5} if name == "kl_optimal" else {}))
+        assert page.session_state["pg_schedules"][f"{side}: {name}"] == s.sigmas
+        x = generate(model, s, 500, solver="dpmpp_2m", seed=0).x.numpy()
+        got = trace(f[f"pg_fig_samples_{side}"], "samples")
+        np.testing.assert_allclose(arr(got["x"]), x[:, 0], rtol=1e-12)
+        np.testing.assert_allclose(arr(got["y"]), x[:, 1], rtol=1e-12)
+        # the schedule's positive levels, on the log-sigma axis
+        np.testing.assert_allclose(arr(trace(f["pg_fig_points"], f"{side}: {name}")["x"]), s.sigmas[:-1])
+    # same noise: at step 0 both trajectories sit at sigma_max * z with the same z
+    page.slider(key="pg_traj_step").set_value(0).run()
+    f0 = figures(page)
+    a = arr(trace(f0["pg_fig_traj_A"], "current")["x"])
+    b = arr(trace(f0["pg_fig_traj_B"], "current")["x"])
+    np.testing.assert_array_equal(a, b)
+    z = torch.randn((500, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)[:8, 0]
+    np.testing.assert_allclose(a, 80.0 * z.numpy(), rtol=1e-12)
+
+
+def test_density_is_the_exact_log_density(page):
+    heat = trace(figures(page)["pg_fig_samples_A"], "density")
+    ref = density_grid(get_toy("gaussian"), n=160)
+    np.testing.assert_allclose(arr(heat["z"]).reshape(160, 160), ref["log_density"], rtol=1e-12)
+
+
+def test_step_slider_moves_the_trajectory_to_that_level(page):
+    page.slider(key="pg_traj_step").set_value(3).run()
+    assert_clean(page)
+    f = figures(page)
+    model = load_toy_model("gaussian", "exact")
+    s = make_schedule("karras", 6, model.sigma_min, model.sigma_max)
+    r = generate(model, s, 500, solver="dpmpp_2m", seed=0, keep_trajectory=8)
+    cur = trace(f["pg_fig_traj_A"], "current")
+    np.testing.assert_allclose(arr(cur["x"]), r.trajectory[3, :, 0].numpy(), rtol=1e-12)
+    assert f"sigma = {s.sigmas[3]:.4g}" in f["pg_fig_traj_A"]["layout"]["title"]["text"]
+
+
+def test_changing_schedule_b_and_solver_changes_the_plotted_schedule_and_metrics(page):
+    page.selectbox(key="pg_sched_b").set_value("loglinear")
+    page.selectbox(key="pg_solver").set_value("euler").run()
+    assert_clean(page)
+    model = load_toy_model("gaussian", "exact")
+    s = make_schedule("loglinear", 6, model.sigma_min, model.sigma_max)
+    assert page.session_state["pg_schedules"]["B: loglinear"] == s.sigmas
+    np.testing.assert_allclose(arr(trace(figures(page)["pg_fig_points"], "B: loglinear")["x"]), s.sigmas[:-1])
+    m = page.session_state["pg_metrics"]["B: loglinear"]
+    ref = evaluate_toy(model, get_toy("gaussian"), s, solver="euler", n=500, seeds=(0, 1), mmd_n=500)
+    for k in ("nll", "nll_ci", "swd", "mmd"):
+        assert m[k] == pytest.approx(ref[k], rel=1e-9), k
+    assert m["nfe"] == 6
+    # the table shows mean +- interval for both schedules
+    table = page.dataframe[0].value
+    assert list(table["schedule"]) == ["A: karras", "B: loglinear"]
+    assert "±" in table["NLL (nats)"][1]

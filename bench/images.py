@@ -1,12 +1,13 @@
 """Schedules on the shipped digits model: FD / KID / reference error per schedule x solver x NFE.
 
-    python bench/images.py [--n 1000] [--seeds 1] [--nfe 5,6,8,10,15,20] [--quick]
+    python bench/images.py [--n 1000] [--seeds 1] [--nfe 5,6,8,10,15,20] [--quick] [--resume]
 
 - heuristics: EDM (karras, rho 7), log-linear, time-uniform (VP), KL-optimal (c = 0.5);
 - optimized schedules when their modules are in the tree (imported guardedly): AYS
   (core.optimizers.ays, optimized on the digits training split, its wall time reported),
   DM-NonUniform (core.optimizers.nonuniform, data-free, one optimization per NFE),
-  score-optimal (core.optimizers.score_optimal);
+  score-optimal (core.optimizers.score_optimal: one Stein-density estimate, a constant-speed walk
+  per NFE); --resume reuses the cells of an earlier run on the same weights, n and seeds;
 - solvers DPM-Solver++(2M), SDE-DPM-Solver++(2M), Euler; NFE 9 is added for dpmpp_2m so the
   papers' headline "optimized at n >= best heuristic at 1.5 n" can be checked at n = 6 and 10;
 - metrics (core.metrics.images) against the 450 held-out digits; the reference error is against
@@ -98,24 +99,23 @@ def optimized_schedules(model, nfes, a) -> tuple:
         except Exception as e:
             info["nonuniform"] = {"error": f"{type(e).__name__}: {e}"}
     so = _module("core.optimizers.score_optimal")
-    if so is not None:
+    if so is not None and not a.no_score:
         try:
+            from core.objectives.stein import constant_speed_schedule
+            sampler = lambda k, g: data[torch.randint(0, data.shape[0], (k,), generator=g)]  # noqa: E731
             t0 = time.perf_counter()
-            out["score_optimal"] = {n: _score_optimal(so, model, data, n) for n in nfes}
-            info["score_optimal"] = {"seconds": time.perf_counter() - t0}
+            opt = so.ScoreOptimalOptimizer(model, sampler, 10, levels=a.score_levels, n=a.score_n,
+                                           precision=a.score_precision, seed=0)
+            for _ in opt.events():
+                pass
+            # the Stein density does not depend on n: one estimate, one constant-speed walk per NFE
+            out["score_optimal"] = {n: constant_speed_schedule(opt.grid, opt.delta, n, model.sigma_min,
+                                                               model.sigma_max) for n in nfes}
+            info["score_optimal"] = {"seconds": time.perf_counter() - t0, "levels": a.score_levels,
+                                     "n": a.score_n, "precision": a.score_precision}
         except Exception as e:
             info["score_optimal"] = {"error": f"{type(e).__name__}: {e}"}
     return out, info
-
-
-def _score_optimal(so, model, data, n):
-    """Whatever entry point the score-optimal module offers (function or Optimizer class)."""
-    from core.optimizers.base import run_to_end
-    sampler = lambda k, g: data[torch.randint(0, data.shape[0], (k,), generator=g)]  # noqa: E731
-    if hasattr(so, "score_optimal_schedule"):
-        return so.score_optimal_schedule(model, sampler, n)
-    cls = next(getattr(so, k) for k in dir(so) if k.endswith("Optimizer") and k != "Optimizer")
-    return run_to_end(cls(model, sampler, steps=n))
 
 
 def load_digits_train():
@@ -123,14 +123,19 @@ def load_digits_train():
     return load_digits_split().train_x
 
 
-def run_cells(model, schedules: dict, solvers, nfes, n, seeds, progress=True) -> list:
-    """One row per (schedule, solver, nfe) with fd, kid, ref_error (+ CIs), confidence."""
+def run_cells(model, schedules: dict, solvers, nfes, n, seeds, progress=True, done=None) -> list:
+    """One row per (schedule, solver, nfe) with fd, kid, ref_error (+ CIs), confidence.
+    `done`: {(schedule, solver, sigmas): row} of earlier results to reuse instead of recomputing."""
     rows = []
     for name, by_nfe in schedules.items():
         for solver in solvers:
             spec = get_solver(solver)
             for nfe in nfes:
                 if nfe not in by_nfe:
+                    continue
+                key = (name, spec.name, tuple(by_nfe[nfe].sigmas))
+                if done and key in done:
+                    rows.append(done[key])
                     continue
                 t0 = time.perf_counter()
                 r = im.evaluate_images(model, by_nfe[nfe], solver, n=n, seeds=seeds)
@@ -164,6 +169,22 @@ def headline(rows, optimized, ns=(6, 10), solver="dpmpp_2m") -> list:
     return out
 
 
+def _earlier_cells(out: str, model, n: int, seeds) -> dict:
+    """Rows of an earlier run of this bench on the same weights, n and seeds, keyed by
+    (schedule, solver, sigmas)."""
+    import json
+
+    from bench._common import RESULTS
+    p = RESULTS / f"{out}.json"
+    if not p.is_file():
+        return {}
+    old = json.loads(p.read_text())
+    if (old.get("model_fingerprint") != im.model_fingerprint(model) or old.get("n") != n
+            or old.get("seeds") != list(seeds)):
+        return {}
+    return {(r["schedule"], r["solver"], tuple(r["sigmas"])): r for r in old.get("rows", [])}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000, help="samples per cell and seed")
@@ -175,26 +196,33 @@ def main(argv=None):
     ap.add_argument("--ays-samples", type=int, default=128, help="KLUB samples per sweep (paper: 8192)")
     ap.add_argument("--ays-iters", type=int, default=3, help="sweep cap per stage")
     ap.add_argument("--ays-heldout-n", type=int, default=128)
+    ap.add_argument("--no-score", action="store_true", help="skip the score-optimal schedule")
+    ap.add_argument("--score-levels", type=int, default=100, help="Stein density grid size")
+    ap.add_argument("--score-n", type=int, default=128, help="data samples per level")
+    ap.add_argument("--score-precision", default="model", choices=["model", "float64"])
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse cells of an earlier bench/results/OUT.json with the same model, n, seeds, sigmas")
     ap.add_argument("--quick", action="store_true", help="n=200, NFE 5,10, dpmpp_2m only, no AYS")
     ap.add_argument("--out", default="images")
     a = ap.parse_args(argv)
     if a.quick:
-        a.n, a.nfe, a.solvers, a.no_ays = 200, "5,10", "dpmpp_2m", True
+        a.n, a.nfe, a.solvers, a.no_ays, a.no_score = 200, "5,10", "dpmpp_2m", True, True
     nfes = tuple(int(v) for v in a.nfe.split(","))
     solvers = tuple(a.solvers.split(","))
     seeds = tuple(range(a.seeds))
     t_all = time.perf_counter()
     model = load_digits_model()
+    done = _earlier_cells(a.out, model, a.n, seeds) if a.resume else None
     timing = interactive_timing(model)
     print(f"64-image grid, NFE 10, dpmpp_2m: {timing['grid_seconds']:.3f} s, overhead x{timing['overhead_ratio']:.3f}",
           file=sys.stderr)
     heur_nfes = sorted(set(nfes) | ({9} if "dpmpp_2m" in solvers and {6, 10} <= set(nfes) else set()))
     schedules = {h: {k: make_schedule(h, k) for k in heur_nfes} for h in a.schedules.split(",")}
     opt, opt_info = optimized_schedules(model, nfes, a)
-    rows = run_cells(model, schedules, ("dpmpp_2m",), [9], a.n, seeds) if 9 in heur_nfes else []
+    rows = run_cells(model, schedules, ("dpmpp_2m",), [9], a.n, seeds, done=done) if 9 in heur_nfes else []
     for name in schedules:
         schedules[name].pop(9, None)
-    rows += run_cells(model, {**schedules, **opt}, solvers, nfes, a.n, seeds)
+    rows += run_cells(model, {**schedules, **opt}, solvers, nfes, a.n, seeds, done=done)
     head = headline(rows, list(opt))
     for metric in ("fd", "kid", "ref_error"):
         trows = []

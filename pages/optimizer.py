@@ -188,8 +188,10 @@ def live():
                      "early-stopping point (the first-stage sweep AYS kept); the dotted line the best held-out "
                      "sweep so far.")
     if run.saved_label:
-        meant = (f" It is meant for the **{run.saved_solver}** solver (the bound it minimises models that "
-                 "solver): sample it with that solver." if getattr(run, "saved_solver", None) else "")
+        why = ("the paper evaluates its schedules with EDM's Heun sampler" if run.method == "score_optimal"
+               else "the bound it minimises models that solver")
+        meant = (f" It is meant for the **{run.saved_solver}** solver ({why}): sample it with that solver."
+                 if getattr(run, "saved_solver", None) else "")
         st.success(f"saved to the schedule library as {run.saved_label!r}.{meant}")
 
 

@@ -35,7 +35,7 @@ class ScoreOptimalOptimizer(Optimizer):
         v: speed, callable sigma -> v(sigma) (default v = sigma).
         seed: seeds the data and noise draws.
         chunk_points: points per denoiser batch (levels x samples); one event per chunk.
-        precision: "float64" (a float64 copy of a float32 network) | "model".
+        precision: "auto" (jvp in the network's dtype, fd through a float64 copy) | "float64" | "model".
     State: the density values computed so far (resumes at the next chunk).
     """
 
@@ -43,7 +43,7 @@ class ScoreOptimalOptimizer(Optimizer):
 
     def __init__(self, model, sampler, steps: int, sigma_min: float | None = None,
                  sigma_max: float | None = None, levels: int = 200, n: int = 256, method: str = "jvp",
-                 v=None, seed: int = 0, chunk_points: int = 32768, precision: str = "float64"):
+                 v=None, seed: int = 0, chunk_points: int = 32768, precision: str = "auto"):
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
             raise ScheduleLabError(f"steps must be an integer >= 2; got {steps!r}")
         if method not in METHODS:

@@ -149,3 +149,43 @@ def image_error_vs_nfe(model_id: str, device: str, families: dict, nfes: tuple, 
     from core.compare import error_vs_nfe
     return error_vs_nfe(image_model(model_id, device), _sigma_dict_families(families), list(nfes),
                         solver=solver, n=n, seed=seed, ref_steps=ref_steps)
+
+
+# ---------------------------------------------------------------- optimized schedules for an image model
+IMAGE_OPTIMIZED = {  # picker key -> label
+    "opt:nonuniform": "DM-NonUniform (data-free, meant for dpmpp_3m)",
+    "opt:score_optimal": "score-optimal (this model's Stein density, meant for heun)",
+}
+
+
+@st.cache_data(show_spinner="Optimizing DM-NonUniform time steps ...", max_entries=64)
+def nonuniform_sigmas(steps: int, sigma_min: float, sigma_max: float, p: float = 1.0) -> tuple:
+    """core.optimizers.nonuniform.optimize_nonuniform over the model's range (no model calls)."""
+    from core.optimizers.nonuniform import optimize_nonuniform
+    return tuple(optimize_nonuniform(int(steps), sigma_min, sigma_max, p=p)[0].sigmas)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def image_stein_density(model_id: str, device: str, levels: int = 100, n: int = 64, seed: int = 0) -> dict:
+    """The model's Stein density on `levels` log-spaced levels over its range, from its data
+    (core.models.registry.model_data: the shipped training split, else its own many-step samples,
+    generated once and cached on disk).  {grid, delta, source, generated}."""
+    reg = optional(REGISTRY)
+    model = image_model(model_id, device)
+    data = reg.model_data(model_id, model)
+    grid = log_grid(model.sigma_min, model.sigma_max, int(levels))
+    delta = stein_density(model, data, grid, n=int(n), seed=int(seed))
+    return {"grid": grid, "delta": delta, "source": data.source, "generated": bool(data.generated)}
+
+
+def image_optimized_schedule(key: str, steps: int, model_id: str, device: str, sigma_min: float,
+                             sigma_max: float) -> Schedule:
+    """The picker's optimized option `key` (IMAGE_OPTIMIZED) at `steps` steps for this model."""
+    if key == "opt:nonuniform":
+        return Schedule(nonuniform_sigmas(int(steps), float(sigma_min), float(sigma_max)), name="nonuniform",
+                        solver=NONUNIFORM_SOLVER)
+    if key == "opt:score_optimal":
+        from core.objectives.stein import constant_speed_schedule
+        d = image_stein_density(model_id, device)
+        return constant_speed_schedule(d["grid"], d["delta"], int(steps), sigma_min, sigma_max)
+    raise KeyError(key)

@@ -25,7 +25,7 @@ names = engine.image_model_names()
 det_solvers = [s for s in solver_names() if not get_solver(s).stochastic]
 init_widgets({"im_model": names[0] if names else FOLDER, "im_path": "", "im_scheds": ["karras", "loglinear",
               "kl_optimal"], "im_solver": "dpmpp_2m", "im_nfe": 10, "im_n": 16, "im_ref_steps": 100,
-              "im_nfes": [4, 6, 8, 10, 16], "im_sweep": False})
+              "im_nfes": [4, 6, 8, 10, 16], "im_sweep": False, "im_opt": []})
 opts = schedule_options()
 st.session_state.im_scheds = [o for o in st.session_state.im_scheds if o in opts]
 
@@ -41,11 +41,17 @@ c[3].number_input("NFE", 1, 200, step=1, key="im_nfe")
 c[4].selectbox("Images", [4, 8, 16, 32], key="im_n")
 c[5].number_input("Reference steps", 20, 1000, step=10, key="im_ref_steps")
 
+st.multiselect("Optimized for this model", list(engine.IMAGE_OPTIMIZED), key="im_opt",
+               format_func=engine.IMAGE_OPTIMIZED.get,
+               help="DM-NonUniform needs only the model's noise range; score-optimal estimates this model's "
+                    "Stein density once (from its training data when it ships with some, else from its own "
+                    "many-step samples, generated once and cached on disk)")
+
 model_id = st.session_state.im_path.strip() if st.session_state.im_model == FOLDER else st.session_state.im_model
 if not model_id:
     st.info("Enter the path of a local diffusers model folder.")
     st.stop()
-if not st.session_state.im_scheds:
+if not st.session_state.im_scheds and not st.session_state.im_opt:
     st.info("Pick at least one schedule.")
     st.stop()
 try:
@@ -54,12 +60,23 @@ try:
     steps = get_solver(solver).steps_for_nfe(nfe)
     scheds = {option_label(o): build_schedule(o, steps, model.sigma_min, model.sigma_max)
               for o in st.session_state.im_scheds}
+    if "opt:score_optimal" in st.session_state.im_opt:
+        with st.status("Estimating this model's Stein density (once per model) ...", expanded=False) as box:
+            dens = engine.image_stein_density(model_id, cfg["device"])
+            box.update(label=f"Stein density from {dens['source']}", state="complete")
+        if dens["generated"]:
+            st.caption(f"score-optimal: no data ships with this model, so its density comes from the model's own "
+                       f"many-step samples ({dens['source']}): the schedule fits the model, not the data.")
+    for o in st.session_state.im_opt:
+        scheds[engine.IMAGE_OPTIMIZED[o].split(" (")[0]] = engine.image_optimized_schedule(
+            o, steps, model_id, cfg["device"], model.sigma_min, model.sigma_max)
     res = engine.image_compare(model_id, cfg["device"], {k: s.sigmas for k, s in scheds.items()}, solver,
                                int(st.session_state.im_n), cfg["seed"], int(st.session_state.im_ref_steps))
 except ScheduleLabError as e:
     st.error(str(e))
     st.stop()
-st.session_state["im_result"] = {"rmse": res["rmse"], "rmse_ci": res["rmse_ci"], "nfe": res["nfe"]}
+st.session_state["im_result"] = {"rmse": res["rmse"], "rmse_ci": res["rmse_ci"], "nfe": res["nfe"],
+                                 "sigmas": {k: s.sigmas for k, s in scheds.items()}}
 
 ref = next(iter(res["reference"].values()))
 st.plotly_chart(plots.image_grid_fig(ref, f"Reference ({st.session_state.im_ref_steps} "
@@ -88,6 +105,11 @@ if st.session_state.im_sweep and st.session_state.im_nfes:
         fams = {option_label(o): {spec.steps_for_nfe(v): build_schedule(o, spec.steps_for_nfe(v), model.sigma_min,
                                                                      model.sigma_max).sigmas for v in nfes}
                 for o in st.session_state.im_scheds}
+        for o in st.session_state.im_opt:
+            fams[engine.IMAGE_OPTIMIZED[o].split(" (")[0]] = {
+                spec.steps_for_nfe(v): engine.image_optimized_schedule(o, spec.steps_for_nfe(v), model_id, cfg["device"],
+                                                                       model.sigma_min, model.sigma_max).sigmas
+                for v in nfes}
         sweep = engine.image_error_vs_nfe(model_id, cfg["device"], fams, tuple(nfes), solver,
                                           int(st.session_state.im_n), cfg["seed"], int(st.session_state.im_ref_steps))
     except ScheduleLabError as e:

@@ -1,8 +1,8 @@
-"""Stand-in for the image-model registry (core.models.registry) that the `images` branch
-delivers, written to its documented contract (load_model, model_names). The Images page test
-installs it with `install(monkeypatch, "core.models.registry")`; the model is an exact Gaussian
-denoiser so the test can recompute every number it asserts on. Delete this file once the
-registry is on main and the Images test uses the digits model."""
+"""Stand-in for the image-model registry (core.models.registry), written to its contract
+(model_names, load_model, model_data).  The Images page tests install it with
+`install(monkeypatch, "core.models.registry")`: its model is an exact Gaussian denoiser, so the
+tests can recompute every number they assert on, including closed-form score-optimal schedules.
+The digits-model test uses the real registry."""
 from __future__ import annotations
 
 import sys
@@ -34,9 +34,17 @@ def _module(name, **attrs):
     return m
 
 
+def _gauss_data(name, model, data=None, **kw):
+    """Training images of the Gaussian model: 4000 draws of N(0, c^2 I) (the registry's model_data)."""
+    from core.models.user_model import ImageData
+    x = model.c * torch.randn(4000, *model.event_shape, generator=torch.Generator().manual_seed(0))
+    return ImageData(x, "gauss8 training images (4000)", False)
+
+
 MODULES = {
     "core.models.registry": lambda: _module("core.models.registry", model_names=lambda: ["gauss8"],
-                                            load_model=lambda name, device="cpu": GaussianImages().to(device)),
+                                            load_model=lambda name, device="cpu": GaussianImages().to(device),
+                                            model_data=_gauss_data),
 }
 
 

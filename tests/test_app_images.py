@@ -75,3 +75,25 @@ def test_real_digits_model_on_the_page():
     assert {"im_fig_ref", "im_fig_s0", "im_fig_s1", "im_fig_d0", "im_fig_d1"} <= set(f)
     res = at.session_state["im_result"]
     assert all(np.isfinite(v) and v > 0 for v in res["rmse"].values())
+
+
+def test_optimized_schedules_for_the_image_model(fake):
+    """DM-NonUniform is optimize_nonuniform over the model's range; score-optimal is built from the
+    model's own Stein density, which for N(0, c^2 I) images must follow the closed-form
+    Lambda(s) = 2 sqrt(d) (asinh(s / c) - s / sqrt(c^2 + s^2)) (methods.md s.6), d = 64."""
+    import math
+
+    from scipy.optimize import brentq
+
+    from core.optimizers.nonuniform import optimize_nonuniform
+    at = open_page("images", **{**STATE, "im_scheds": ["loglinear"], "im_opt": ["opt:nonuniform",
+                                                                                 "opt:score_optimal"]})
+    res = at.session_state["im_result"]
+    assert set(res["rmse"]) == {"loglinear", "DM-NonUniform", "score-optimal"}
+    assert all(v == 6 for v in res["nfe"].values())
+    np.testing.assert_allclose(res["sigmas"]["DM-NonUniform"], optimize_nonuniform(6, 0.002, 80.0)[0].sigmas,
+                               rtol=1e-9)
+    lam = lambda s: 2 * 8 * (math.asinh(s / 0.5) - s / math.sqrt(0.25 + s * s))  # noqa: E731
+    hi, lo = lam(80.0), lam(0.002)
+    exact = [brentq(lambda s: lam(s) - t, 1e-4, 200.0) for t in hi - np.arange(6) / 5 * (hi - lo)]
+    np.testing.assert_allclose(np.log(res["sigmas"]["score-optimal"][:-1]), np.log(exact), atol=0.05)

@@ -17,6 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from core.device import resolve_device
 from core.errors import ScheduleLabError
 from core.models.base import Denoiser
@@ -159,3 +161,27 @@ if _optional("core.models.user_model") is not None:
     register_resolver("module", _is_module_spec, _load_module_spec,
                       "module.py:ClassName with --weights FILE and --param key=value (docs/models.md)",
                       options=("weights", "params"))
+
+
+# ---- data for the optimizers that need it (AYS' KLUB, score-optimal) --------------------------
+
+SAMPLES_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "schedule_lab" / "samples"
+
+
+def model_data(spec: str, model: Denoiser, data=None, cache_dir=None, n: int = 512, steps: int = 50,
+               seed: int = 0, progress=None):
+    """Images x0 for an optimizer on `model` (core.models.user_model.ImageData; `.source` says where
+    they came from and `.generated` whether they are the model's own samples).
+
+    data: a PNG/JPEG folder or an .npz (see `image_sampler_from`) — used when given.  Otherwise a
+    shipped model's own training split (digits: the scikit-learn training split), otherwise the
+    model's own n many-step Heun samples, generated once and cached in cache_dir (default
+    .cache/schedule_lab/samples): the optimizer then fits the model, not the data, and callers
+    must say so."""
+    from core.models.user_model import ImageData, image_sampler_from
+    entry = MODELS.get(str(spec))
+    if data is None and entry is not None and entry.data is not None:
+        x = torch.as_tensor(entry.data()).float()
+        return ImageData(x, f"{entry.name} training split ({x.shape[0]} images)", False)
+    return image_sampler_from(data, model, SAMPLES_CACHE if cache_dir is None else cache_dir, n=n, steps=steps,
+                              seed=seed, progress=progress)

@@ -189,3 +189,23 @@ def image_optimized_schedule(key: str, steps: int, model_id: str, device: str, s
         d = image_stein_density(model_id, device)
         return constant_speed_schedule(d["grid"], d["delta"], int(steps), sigma_min, sigma_max)
     raise KeyError(key)
+
+
+def image_metric_kind(model_id: str):
+    """'digits' when the shipped model's classifier metrics (FD, KID, confidence) apply, else None."""
+    reg = optional(REGISTRY)
+    entry = reg.model_entry(model_id) if reg is not None and hasattr(reg, "model_entry") else None
+    return getattr(entry, "metrics", None)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def image_quality(model_id: str, device: str, schedules: dict, solver: str, n: int, seed: int) -> dict:
+    """core.metrics.images.evaluate_images (FD / KID / confidence against the held-out digits) for
+    {label: sigmas}: {label: {fd, kid, confidence, balance_max_dev, nfe, seconds}}."""
+    from core.metrics.images import evaluate_images
+    model = image_model(model_id, device)
+    out = {}
+    for label, sig in schedules.items():
+        r = evaluate_images(model, Schedule(sig), solver, n=int(n), seeds=(int(seed),), reference=False)
+        out[label] = {k: r[k] for k in ("fd", "kid", "confidence", "balance_max_dev", "nfe", "seconds")}
+    return out

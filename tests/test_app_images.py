@@ -97,3 +97,15 @@ def test_optimized_schedules_for_the_image_model(fake):
     hi, lo = lam(80.0), lam(0.002)
     exact = [brentq(lambda s: lam(s) - t, 1e-4, 200.0) for t in hi - np.arange(6) / 5 * (hi - lo)]
     np.testing.assert_allclose(np.log(res["sigmas"]["score-optimal"][:-1]), np.log(exact), atol=0.05)
+
+
+def test_digits_quality_table_is_the_metric_suites_numbers():
+    from core.metrics.images import evaluate_images
+    reg = require("core.models.registry")
+    at = open_page("images", im_model="digits", im_scheds=["loglinear"], im_nfe=6, im_n=4, im_ref_steps=30,
+                   im_quality=True, im_q_n=200)
+    q = at.session_state["im_quality_result"]["loglinear"]
+    want = evaluate_images(reg.load_model("digits"), make_schedule("loglinear", 6, 0.002, 80.0), "dpmpp_2m",
+                           n=200, seeds=(0,), reference=False)
+    assert q["fd"] == pytest.approx(want["fd"], rel=1e-6) and q["nfe"] == 6
+    assert q["confidence"] == pytest.approx(want["confidence"], rel=1e-6)

@@ -161,6 +161,191 @@ def bound_parts(lam: torch.Tensor, p: float = 1.0, quadrature="auto"):
     return q, c + jump * eps[n - 1]                                          # D(x, sigma_min) + eps
 
 
+# ---- closed-form float64 numpy evaluation with exact derivatives (the optimizer's hot path) -------
+# Same formulas as `bound_parts` (the torch version stays the independent reference; tests check
+# value, gradient, Jacobian and Hessian against autograd).  Step s of order k depends on
+# h = lam_{s+1} - lam_s, h1 = lam_s - lam_{s-1}, h2 = lam_{s-1} - lam_{s-2}.  With
+# G_m = e^{-h} H_m(h):  G0 = 1 - e^{-h}, G_m = h^m - m G_{m-1};  G_m' = h^m - G_m,  G_m'' = m h^{m-1} - G_m'.
+# The scaled Lagrange weights are w_j = sum_m C_{jm}(h1, h2) G_m(h) with (S = h1 + h2)
+#   k=1: w0 = G0
+#   k=2: w0 = G0 + G1/h1,  w1 = -G1/h1
+#   k=3: w0 = G0 + (1/h1 + 1/S) G1 + G2/(h1 S),  w1 = -(1/h1 + 1/h2) G1 - G2/(h1 h2),
+#        w2 = (1/h2 - 1/S) G1 + G2/(h2 S),
+# and a_{s,j} = w_j F_j,  F_j = P eps_j,  P = exp(lam_{s+1} - lam_{n-1}),  eps_j = eps(exp(-lam_{s-j})),
+# d log eps / d lam = -(p + (1 - p) u / (1 + u)),  d^2 log eps / d lam^2 = 2 (1 - p) u / (1 + u)^2,  u = sigma^2.
+
+def _coeffs(k, h1, h2, order):
+    """C [m, k, 3] (weight j = sum_r C[j, r] G_r) and, for order >= 1, dC/d(h1, h2) [m, k, 3, 2],
+    for order 2 also d2C [m, k, 3, 2, 2]."""
+    m = h1.shape[0]
+    C = np.zeros((m, k, 3))
+    C[:, 0, 0] = 1.0
+    C1 = np.zeros((m, k, 3, 2)) if order >= 1 else None
+    C2 = np.zeros((m, k, 3, 2, 2)) if order >= 2 else None
+    if k == 1:
+        return C, C1, C2
+    r1 = 1.0 / h1
+    if k == 2:
+        C[:, 0, 1], C[:, 1, 1] = r1, -r1
+        if order >= 1:
+            C1[:, 0, 1, 0], C1[:, 1, 1, 0] = -r1 * r1, r1 * r1
+        if order >= 2:
+            C2[:, 0, 1, 0, 0], C2[:, 1, 1, 0, 0] = 2 * r1 ** 3, -2 * r1 ** 3
+        return C, C1, C2
+    r2, rS = 1.0 / h2, 1.0 / (h1 + h2)
+    C[:, 0, 1], C[:, 0, 2] = r1 + rS, r1 * rS
+    C[:, 1, 1], C[:, 1, 2] = -(r1 + r2), -r1 * r2
+    C[:, 2, 1], C[:, 2, 2] = r2 - rS, r2 * rS
+    if order >= 1:
+        C1[:, 0, 1] = np.stack([-r1 * r1 - rS * rS, -rS * rS], 1)
+        C1[:, 0, 2] = np.stack([-r1 * rS * (r1 + rS), -r1 * rS * rS], 1)
+        C1[:, 1, 1] = np.stack([r1 * r1, r2 * r2], 1)
+        C1[:, 1, 2] = np.stack([r1 * r1 * r2, r1 * r2 * r2], 1)
+        C1[:, 2, 1] = np.stack([rS * rS, rS * rS - r2 * r2], 1)
+        C1[:, 2, 2] = np.stack([-r2 * rS * rS, -r2 * rS * (r2 + rS)], 1)
+    if order >= 2:
+        t1, t2, tS = 2 * r1 ** 3, 2 * r2 ** 3, 2 * rS ** 3
+        C2[:, 0, 1] = np.stack([np.stack([t1 + tS, tS], 1), np.stack([tS, tS], 1)], 1)
+        C2[:, 1, 1, 0, 0], C2[:, 1, 1, 1, 1] = -t1, -t2
+        C2[:, 2, 1] = np.stack([np.stack([-tS, -tS], 1), np.stack([-tS, t2 - tS], 1)], 1)
+        x12 = r1 * r1 * rS * rS + r1 * tS                    # d2 (r1 rS) / dh1 dh2
+        C2[:, 0, 2] = np.stack([np.stack([r1 * rS * (t1 / r1 + 2 * r1 * rS) + r1 * tS, x12], 1),
+                                np.stack([x12, r1 * tS], 1)], 1)
+        y12 = -r1 * r1 * r2 * r2
+        C2[:, 1, 2] = np.stack([np.stack([-t1 * r2, y12], 1), np.stack([y12, -r1 * t2], 1)], 1)
+        z12 = r2 * r2 * rS * rS + r2 * tS
+        C2[:, 2, 2] = np.stack([np.stack([r2 * tS, z12], 1),
+                                np.stack([z12, r2 * rS * (t2 / r2 + 2 * r2 * rS) + r2 * tS], 1)], 1)
+    return C, C1, C2
+
+
+@lru_cache(maxsize=128)
+def _plan_np(n: int, quad: tuple):
+    """Per order group: (k, steps [m], nodes [m, k], quad mask [m], positions [m, k + 2] =
+    (s+1, s, .., s-k+1, n-1): the levels a_{s,j} depends on, and T [3, k + 2]: d(h, h1, h2)/d positions)."""
+    _, groups = _plan(n, quad)
+    out = []
+    for k, steps, nodes, qm in groups:
+        pos = np.concatenate([steps[:, None] + 1, nodes, np.full((len(steps), 1), n - 1)], 1)
+        T = np.zeros((3, k + 2))
+        for r in range(k):
+            T[r, r], T[r, r + 1] = 1.0, -1.0
+        out.append((k, steps, nodes, qm, pos, T))
+    return out
+
+
+class BoundNP:
+    """The bound's pieces at one point lam [n] (numpy float64), with exact derivatives.
+
+    order 0: q [n], c [n] as `bound_parts`.  order >= 1: Jq, Jc [n, n] (d/dlam, every level incl.
+    the endpoints).  order 2: `hessian(node_weights, with_q)` = sum_s Hess q_s (if with_q) +
+    sum_j node_weights[j] Hess c_j  [n, n]."""
+
+    def __init__(self, lam, p: float = 1.0, quadrature="auto", order: int = 0):
+        lam = np.asarray(lam, dtype=np.float64)
+        n = self.n = lam.shape[0]
+        sig = np.exp(-lam)
+        eps = error_model(sig, p)
+        u = sig * sig
+        dle = -(p + (1.0 - p) * u / (1.0 + u))
+        d2le = 2.0 * (1.0 - p) * u / (1.0 + u) ** 2
+        self.q, self.c = np.zeros(n), np.zeros(n)
+        Jq, Jc = np.zeros(n * n), np.zeros(n * n)
+        self.local = []
+        for k, steps, nodes, qm, pos, T in _plan_np(n, quadrature_steps(n, quadrature)):
+            h = lam[steps + 1] - lam[steps]
+            h1 = lam[steps] - lam[steps - 1] if k > 1 else h
+            h2 = lam[steps - 1] - lam[steps - 2] if k > 2 else h
+            G0 = -np.expm1(-h)
+            G1 = h - G0
+            G = np.stack([G0, G1, h * h - 2.0 * G1], 1)
+            C, C1, C2 = _coeffs(k, h1, h2, order)
+            F = np.exp(lam[steps + 1] - lam[n - 1])[:, None] * eps[nodes]        # [m, k]
+            w = (C * G[:, None, :]).sum(-1)
+            a = w * F
+            qs = np.sqrt((a[qm] ** 2).sum(1))
+            self.q[steps[qm]] += qs
+            np.add.at(self.c, nodes[~qm].ravel(), a[~qm].ravel())
+            if order == 0:
+                continue
+            dG = np.stack([1.0 - G0, h - G1, h * h - G[:, 2]], 1)
+            dW = np.concatenate([(C * dG[:, None, :]).sum(-1)[..., None],
+                                 (C1 * G[:, None, :, None]).sum(2)], -1)          # [m, k, 3]
+            gF = np.zeros(a.shape + (k + 2,))                                    # d log F / d pos
+            gF[:, :, 0], gF[:, :, k + 1] = 1.0, -1.0
+            idx = np.arange(k)
+            gF[:, idx, idx + 1] += dle[nodes]
+            U = dW @ T                                                           # dw / d pos
+            Da = F[..., None] * (U + w[..., None] * gF)
+            cols = np.broadcast_to(pos[:, None, :], Da.shape)
+            if qm.any():
+                Dq = ((a[qm] / qs[:, None])[..., None] * Da[qm]).sum(1)         # [mq, k + 2]
+                rows = np.broadcast_to(steps[qm][:, None], Dq.shape)
+                Jq += np.bincount((rows * n + pos[qm]).ravel(), Dq.ravel(), n * n)
+            if not qm.all():
+                rows = np.broadcast_to(nodes[~qm][:, :, None], Da[~qm].shape)
+                Jc += np.bincount((rows * n + cols[~qm]).ravel(), Da[~qm].ravel(), n * n)
+            if order >= 2:
+                d2G = np.stack([G0 - 1.0, 1.0 - dG[:, 1], 2 * h - dG[:, 2]], 1)
+                d2W = np.zeros(a.shape + (3, 3))
+                d2W[..., 0, 0] = (C * d2G[:, None, :]).sum(-1)
+                d2W[..., 0, 1:] = d2W[..., 1:, 0] = (C1 * dG[:, None, :, None]).sum(2)
+                d2W[..., 1:, 1:] = (C2 * G[:, None, :, None, None]).sum(2)
+                D2 = T.T @ d2W @ T + U[..., :, None] * gF[..., None, :] + gF[..., :, None] * U[..., None, :] \
+                    + w[..., None, None] * gF[..., :, None] * gF[..., None, :]
+                D2[:, idx, idx + 1, idx + 1] += w * d2le[nodes]
+                D2 *= F[..., None, None]
+                Hq = None
+                if qm.any():
+                    aq, Daq = a[qm] / qs[:, None], Da[qm]
+                    Hq = (((aq[..., None, None] * D2[qm]) + (Daq[..., :, None] * Daq[..., None, :]) / qs[:, None, None, None]).sum(1)
+                          - Dq[:, :, None] * Dq[:, None, :] / qs[:, None, None])
+                self.local.append((pos, nodes, qm, D2, Hq))
+        self.c[n - 1] += eps[n - 1]
+        if order >= 1:
+            self.Jq, self.Jc = Jq.reshape(n, n), Jc.reshape(n, n)
+            self.Jc[n - 1, n - 1] += eps[n - 1] * dle[n - 1]
+        self._jump2 = eps[n - 1] * (dle[n - 1] ** 2 + d2le[n - 1])
+
+    @property
+    def value(self) -> float:
+        return float(self.q.sum() + np.abs(self.c).sum())
+
+    def gradient(self, node_weights=None):
+        """sum_s grad q_s + sum_j node_weights[j] grad c_j (default weights sign(c): grad B)."""
+        wts = np.sign(self.c) if node_weights is None else node_weights
+        return self.Jq.sum(0) + wts @ self.Jc
+
+    def hessian(self, node_weights=None, with_q: bool = True):
+        """sum_s Hess q_s (with_q) + sum_j node_weights[j] Hess c_j (default sign(c): Hess B off kinks)."""
+        n = self.n
+        wts = np.sign(self.c) if node_weights is None else np.asarray(node_weights, dtype=np.float64)
+        H = np.zeros(n * n)
+        for pos, nodes, qm, D2, Hq in self.local:
+            pp = pos[:, :, None] * n + pos[:, None, :]
+            if with_q and Hq is not None:
+                H += np.bincount(pp[qm].ravel(), Hq.ravel(), n * n)
+            if not qm.all():
+                Hc = (wts[nodes[~qm]][..., None, None] * D2[~qm]).sum(1)
+                H += np.bincount(pp[~qm].ravel(), Hc.ravel(), n * n)
+        H = H.reshape(n, n)
+        H[n - 1, n - 1] += wts[n - 1] * self._jump2
+        return H
+
+
+def bound_parts_np(lam, p: float = 1.0, quadrature="auto", jac: bool = False):
+    """numpy float64 twin of `bound_parts`: (q [n], c [n]) and, with jac=True, also their
+    Jacobians dq/dlam, dc/dlam [n, n] (exact, closed form, w.r.t. every level incl. the endpoints)."""
+    b = BoundNP(lam, p, quadrature, order=1 if jac else 0)
+    return (b.q, b.c, b.Jq, b.Jc) if jac else (b.q, b.c)
+
+
+def bound_np(lam, p: float = 1.0, quadrature="auto", grad: bool = False):
+    """B (float) for levels lam [n] (numpy), and with grad=True its exact gradient [n] too."""
+    b = BoundNP(lam, p, quadrature, order=1 if grad else 0)
+    return (b.value, b.gradient()) if grad else b.value
+
+
 def signed_nodes(n: int, quadrature="auto") -> tuple:
     """Nodes whose accumulated error c_j collects signed terms of several weights (those of the
     non-quadrature steps); |c_j| has a kink where c_j = 0 (the optimizer handles these exactly)."""

@@ -163,75 +163,35 @@ def bound_parts(lam: torch.Tensor, p: float = 1.0, quadrature="auto"):
 
 # ---- closed-form float64 numpy evaluation with exact derivatives (the optimizer's hot path) -------
 # Same formulas as `bound_parts` (the torch version stays the independent reference; tests check
-# value, gradient, Jacobian and Hessian against autograd).  Step s of order k depends on
-# h = lam_{s+1} - lam_s, h1 = lam_s - lam_{s-1}, h2 = lam_{s-1} - lam_{s-2}.  With
-# G_m = e^{-h} H_m(h):  G0 = 1 - e^{-h}, G_m = h^m - m G_{m-1};  G_m' = h^m - G_m,  G_m'' = m h^{m-1} - G_m'.
-# The scaled Lagrange weights are w_j = sum_m C_{jm}(h1, h2) G_m(h) with (S = h1 + h2)
-#   k=1: w0 = G0
-#   k=2: w0 = G0 + G1/h1,  w1 = -G1/h1
-#   k=3: w0 = G0 + (1/h1 + 1/S) G1 + G2/(h1 S),  w1 = -(1/h1 + 1/h2) G1 - G2/(h1 h2),
-#        w2 = (1/h2 - 1/S) G1 + G2/(h2 S),
-# and a_{s,j} = w_j F_j,  F_j = P eps_j,  P = exp(lam_{s+1} - lam_{n-1}),  eps_j = eps(exp(-lam_{s-j})),
+# value, gradient, Jacobian and Hessian against autograd).  Step s depends on h = lam_{s+1} - lam_s,
+# h1 = lam_s - lam_{s-1}, h2 = lam_{s-1} - lam_{s-2}.  With G_m = e^{-h} H_m(h):
+#   G0 = 1 - e^{-h},  G_m = h^m - m G_{m-1};   G_m' = h^m - G_m,   G_m'' = m h^{m-1} - G_m'.
+# The scaled Lagrange weights of an order-3 step are (r1 = 1/h1, r2 = 1/h2, rS = 1/(h1 + h2))
+#   w0 = G0 + (r1 + rS) G1 + r1 rS G2,   w1 = -(r1 + r2) G1 - r1 r2 G2,   w2 = (r2 - rS) G1 + r2 rS G2;
+# setting r2 = rS = 0 gives the order-2 weights (w0 = G0 + r1 G1, w1 = -r1 G1, w2 = 0) and also
+# r1 = 0 the order-1 weight (w0 = G0), derivatives included, so every step is one vectorised row.
+# a_{s,j} = w_j F_j,  F_j = P eps_j,  P = exp(lam_{s+1} - lam_{n-1}),  eps_j = eps(exp(-lam_{s-j})),
 # d log eps / d lam = -(p + (1 - p) u / (1 + u)),  d^2 log eps / d lam^2 = 2 (1 - p) u / (1 + u)^2,  u = sigma^2.
 
-def _coeffs(k, h1, h2, order):
-    """C [m, k, 3] (weight j = sum_r C[j, r] G_r) and, for order >= 1, dC/d(h1, h2) [m, k, 3, 2],
-    for order 2 also d2C [m, k, 3, 2, 2]."""
-    m = h1.shape[0]
-    C = np.zeros((m, k, 3))
-    C[:, 0, 0] = 1.0
-    C1 = np.zeros((m, k, 3, 2)) if order >= 1 else None
-    C2 = np.zeros((m, k, 3, 2, 2)) if order >= 2 else None
-    if k == 1:
-        return C, C1, C2
-    r1 = 1.0 / h1
-    if k == 2:
-        C[:, 0, 1], C[:, 1, 1] = r1, -r1
-        if order >= 1:
-            C1[:, 0, 1, 0], C1[:, 1, 1, 0] = -r1 * r1, r1 * r1
-        if order >= 2:
-            C2[:, 0, 1, 0, 0], C2[:, 1, 1, 0, 0] = 2 * r1 ** 3, -2 * r1 ** 3
-        return C, C1, C2
-    r2, rS = 1.0 / h2, 1.0 / (h1 + h2)
-    C[:, 0, 1], C[:, 0, 2] = r1 + rS, r1 * rS
-    C[:, 1, 1], C[:, 1, 2] = -(r1 + r2), -r1 * r2
-    C[:, 2, 1], C[:, 2, 2] = r2 - rS, r2 * rS
-    if order >= 1:
-        C1[:, 0, 1] = np.stack([-r1 * r1 - rS * rS, -rS * rS], 1)
-        C1[:, 0, 2] = np.stack([-r1 * rS * (r1 + rS), -r1 * rS * rS], 1)
-        C1[:, 1, 1] = np.stack([r1 * r1, r2 * r2], 1)
-        C1[:, 1, 2] = np.stack([r1 * r1 * r2, r1 * r2 * r2], 1)
-        C1[:, 2, 1] = np.stack([rS * rS, rS * rS - r2 * r2], 1)
-        C1[:, 2, 2] = np.stack([-r2 * rS * rS, -r2 * rS * (r2 + rS)], 1)
-    if order >= 2:
-        t1, t2, tS = 2 * r1 ** 3, 2 * r2 ** 3, 2 * rS ** 3
-        C2[:, 0, 1] = np.stack([np.stack([t1 + tS, tS], 1), np.stack([tS, tS], 1)], 1)
-        C2[:, 1, 1, 0, 0], C2[:, 1, 1, 1, 1] = -t1, -t2
-        C2[:, 2, 1] = np.stack([np.stack([-tS, -tS], 1), np.stack([-tS, t2 - tS], 1)], 1)
-        x12 = r1 * r1 * rS * rS + r1 * tS                    # d2 (r1 rS) / dh1 dh2
-        C2[:, 0, 2] = np.stack([np.stack([r1 * rS * (t1 / r1 + 2 * r1 * rS) + r1 * tS, x12], 1),
-                                np.stack([x12, r1 * tS], 1)], 1)
-        y12 = -r1 * r1 * r2 * r2
-        C2[:, 1, 2] = np.stack([np.stack([-t1 * r2, y12], 1), np.stack([y12, -r1 * t2], 1)], 1)
-        z12 = r2 * r2 * rS * rS + r2 * tS
-        C2[:, 2, 2] = np.stack([np.stack([r2 * tS, z12], 1),
-                                np.stack([z12, r2 * rS * (t2 / r2 + 2 * r2 * rS) + r2 * tS], 1)], 1)
-    return C, C1, C2
+# d(h, h1, h2) / d(lam_{s+1}, lam_s, lam_{s-1}, lam_{s-2}, lam_{n-1})
+_T = np.array([[1.0, -1.0, 0.0, 0.0, 0.0], [0.0, 1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0, 0.0]])
 
 
 @lru_cache(maxsize=128)
 def _plan_np(n: int, quad: tuple):
-    """Per order group: (k, steps [m], nodes [m, k], quad mask [m], positions [m, k + 2] =
-    (s+1, s, .., s-k+1, n-1): the levels a_{s,j} depends on, and T [3, k + 2]: d(h, h1, h2)/d positions)."""
-    _, groups = _plan(n, quad)
-    out = []
-    for k, steps, nodes, qm in groups:
-        pos = np.concatenate([steps[:, None] + 1, nodes, np.full((len(steps), 1), n - 1)], 1)
-        T = np.zeros((3, k + 2))
-        for r in range(k):
-            T[r, r], T[r, r + 1] = 1.0, -1.0
-        out.append((k, steps, nodes, qm, pos, T))
-    return out
+    """Static index arrays for all n - 1 multistep steps as rows: steps [M], order masks, nodes
+    [M, 3] (s, s-1, s-2, clipped at 0; weights of unused nodes are exactly 0), positions [M, 5]
+    (s+1, s, s-1, s-2, n-1), quadrature mask [M] and the flat scatter indices."""
+    M = n - 1
+    steps = np.arange(M)
+    orders = np.array(multistep_orders(n, 3)[:M])
+    nodes = np.maximum(steps[:, None] - np.arange(3), 0)
+    pos = np.concatenate([steps[:, None] + 1, nodes, np.full((M, 1), n - 1)], 1)
+    qm = np.isin(steps, quad)
+    jc_idx = (nodes[:, :, None] * n + pos[:, None, :])[~qm].ravel()
+    jq_idx = (steps[:, None] * n + pos)[qm].ravel()
+    h_idx = pos[:, :, None] * n + pos[:, None, :]
+    return steps, orders, nodes, pos, qm, jc_idx, jq_idx, h_idx[qm].ravel(), h_idx[~qm]
 
 
 class BoundNP:
@@ -244,68 +204,89 @@ class BoundNP:
     def __init__(self, lam, p: float = 1.0, quadrature="auto", order: int = 0):
         lam = np.asarray(lam, dtype=np.float64)
         n = self.n = lam.shape[0]
+        steps, orders, nodes, pos, qm, jc_idx, jq_idx, hq_idx, hc_idx = _plan_np(n, quadrature_steps(n, quadrature))
+        self._hq_idx, self._hc_idx, self._qm, self._nodes = hq_idx, hc_idx, qm, nodes
         sig = np.exp(-lam)
         eps = error_model(sig, p)
+        h = lam[1:] - lam[:-1]
+        hp = np.r_[1.0, h[:-1]]                                       # h1 (dummy 1 where unused)
+        hpp = np.r_[1.0, 1.0, h[:-2]]                                 # h2
+        r1 = np.where(orders >= 2, 1.0 / hp, 0.0)
+        r2 = np.where(orders >= 3, 1.0 / hpp, 0.0)
+        rS = np.where(orders >= 3, 1.0 / (hp + hpp), 0.0)
+        G0 = -np.expm1(-h)
+        G1 = h - G0
+        G2 = h * h - 2.0 * G1
+        A = np.stack([r1 + rS, -(r1 + r2), r2 - rS], 1)               # w_j = [j=0] G0 + A_j G1 + B_j G2
+        B = np.stack([r1 * rS, -r1 * r2, r2 * rS], 1)
+        w = A * G1[:, None] + B * G2[:, None]
+        w[:, 0] += G0
+        F = np.exp(lam[1:] - lam[n - 1])[:, None] * eps[nodes]        # [M, 3]
+        a = w * F
+        qs = np.sqrt((a[qm] ** 2).sum(1))
+        self.q = np.zeros(n)
+        self.q[steps[qm]] = qs
+        self.c = np.bincount(nodes[~qm].ravel(), a[~qm].ravel(), n).astype(np.float64)  # int when empty
+        self.c[n - 1] += eps[n - 1]
+        if order == 0:
+            return
         u = sig * sig
         dle = -(p + (1.0 - p) * u / (1.0 + u))
+        dG0, dG1, dG2 = 1.0 - G0, h - G1, h * h - G2
+        r11, rSS, r22 = r1 * r1, rS * rS, r2 * r2
+        A1 = np.stack([-r11 - rSS, r11, rSS], 1)                      # dA/dh1, dA/dh2, dB/dh1, dB/dh2
+        A2 = np.stack([-rSS, r22, rSS - r22], 1)
+        B1 = np.stack([-r1 * rS * (r1 + rS), r11 * r2, -r2 * rSS], 1)
+        B2 = np.stack([-r1 * rSS, r1 * r22, -r2 * rS * (r2 + rS)], 1)
+        Wh = A * dG1[:, None] + B * dG2[:, None]
+        Wh[:, 0] += dG0
+        W1 = A1 * G1[:, None] + B1 * G2[:, None]
+        W2 = A2 * G1[:, None] + B2 * G2[:, None]
+        U = np.stack([Wh, W1 - Wh, W2 - W1, -W2, np.zeros_like(Wh)], -1)          # dw / d pos [M, 3, 5]
+        gF = np.zeros((n - 1, 3, 5))                                               # d log F / d pos
+        gF[:, :, 0], gF[:, :, 4] = 1.0, -1.0
+        gF[:, [0, 1, 2], [1, 2, 3]] += dle[nodes]
+        Da = F[..., None] * (U + w[..., None] * gF)
+        self.Jq = np.zeros(n * n)
+        if qm.any():
+            Dq = ((a[qm] / qs[:, None])[..., None] * Da[qm]).sum(1)               # [mq, 5]
+            self.Jq = np.bincount(jq_idx, Dq.ravel(), n * n)
+        self.Jc = np.bincount(jc_idx, Da[~qm].ravel(), n * n).astype(np.float64).reshape(n, n)
+        self.Jq = self.Jq.reshape(n, n)
+        self.Jc[n - 1, n - 1] += eps[n - 1] * dle[n - 1]
         d2le = 2.0 * (1.0 - p) * u / (1.0 + u) ** 2
-        self.q, self.c = np.zeros(n), np.zeros(n)
-        Jq, Jc = np.zeros(n * n), np.zeros(n * n)
-        self.local = []
-        for k, steps, nodes, qm, pos, T in _plan_np(n, quadrature_steps(n, quadrature)):
-            h = lam[steps + 1] - lam[steps]
-            h1 = lam[steps] - lam[steps - 1] if k > 1 else h
-            h2 = lam[steps - 1] - lam[steps - 2] if k > 2 else h
-            G0 = -np.expm1(-h)
-            G1 = h - G0
-            G = np.stack([G0, G1, h * h - 2.0 * G1], 1)
-            C, C1, C2 = _coeffs(k, h1, h2, order)
-            F = np.exp(lam[steps + 1] - lam[n - 1])[:, None] * eps[nodes]        # [m, k]
-            w = (C * G[:, None, :]).sum(-1)
-            a = w * F
-            qs = np.sqrt((a[qm] ** 2).sum(1))
-            self.q[steps[qm]] += qs
-            np.add.at(self.c, nodes[~qm].ravel(), a[~qm].ravel())
-            if order == 0:
-                continue
-            dG = np.stack([1.0 - G0, h - G1, h * h - G[:, 2]], 1)
-            dW = np.concatenate([(C * dG[:, None, :]).sum(-1)[..., None],
-                                 (C1 * G[:, None, :, None]).sum(2)], -1)          # [m, k, 3]
-            gF = np.zeros(a.shape + (k + 2,))                                    # d log F / d pos
-            gF[:, :, 0], gF[:, :, k + 1] = 1.0, -1.0
-            idx = np.arange(k)
-            gF[:, idx, idx + 1] += dle[nodes]
-            U = dW @ T                                                           # dw / d pos
-            Da = F[..., None] * (U + w[..., None] * gF)
-            cols = np.broadcast_to(pos[:, None, :], Da.shape)
-            if qm.any():
-                Dq = ((a[qm] / qs[:, None])[..., None] * Da[qm]).sum(1)         # [mq, k + 2]
-                rows = np.broadcast_to(steps[qm][:, None], Dq.shape)
-                Jq += np.bincount((rows * n + pos[qm]).ravel(), Dq.ravel(), n * n)
-            if not qm.all():
-                rows = np.broadcast_to(nodes[~qm][:, :, None], Da[~qm].shape)
-                Jc += np.bincount((rows * n + cols[~qm]).ravel(), Da[~qm].ravel(), n * n)
-            if order >= 2:
-                d2G = np.stack([G0 - 1.0, 1.0 - dG[:, 1], 2 * h - dG[:, 2]], 1)
-                d2W = np.zeros(a.shape + (3, 3))
-                d2W[..., 0, 0] = (C * d2G[:, None, :]).sum(-1)
-                d2W[..., 0, 1:] = d2W[..., 1:, 0] = (C1 * dG[:, None, :, None]).sum(2)
-                d2W[..., 1:, 1:] = (C2 * G[:, None, :, None, None]).sum(2)
-                D2 = T.T @ d2W @ T + U[..., :, None] * gF[..., None, :] + gF[..., :, None] * U[..., None, :] \
-                    + w[..., None, None] * gF[..., :, None] * gF[..., None, :]
-                D2[:, idx, idx + 1, idx + 1] += w * d2le[nodes]
-                D2 *= F[..., None, None]
-                Hq = None
-                if qm.any():
-                    aq, Daq = a[qm] / qs[:, None], Da[qm]
-                    Hq = (((aq[..., None, None] * D2[qm]) + (Daq[..., :, None] * Daq[..., None, :]) / qs[:, None, None, None]).sum(1)
-                          - Dq[:, :, None] * Dq[:, None, :] / qs[:, None, None])
-                self.local.append((pos, nodes, qm, D2, Hq))
-        self.c[n - 1] += eps[n - 1]
-        if order >= 1:
-            self.Jq, self.Jc = Jq.reshape(n, n), Jc.reshape(n, n)
-            self.Jc[n - 1, n - 1] += eps[n - 1] * dle[n - 1]
         self._jump2 = eps[n - 1] * (dle[n - 1] ** 2 + d2le[n - 1])
+        if order < 2:
+            return
+        d2G0, d2G1, d2G2 = -dG0, 1.0 - dG1, 2.0 * h - dG2
+        r13, rS3, r23 = 2.0 * r11 * r1, 2.0 * rSS * rS, 2.0 * r22 * r2
+        x12 = r11 * rSS + r1 * rS3                                                  # d2(r1 rS)/dh1 dh2
+        z12 = r22 * rSS + r2 * rS3                                                  # d2(r2 rS)/dh1 dh2
+        A11 = np.stack([r13 + rS3, -r13, -rS3], 1)
+        A12 = np.stack([rS3, np.zeros_like(rS3), -rS3], 1)
+        A22 = np.stack([rS3, -r23, r23 - rS3], 1)
+        B11 = np.stack([r1 * rS * (2 * r11 + 2 * r1 * rS) + r1 * rS3, -r13 * r2, r2 * rS3], 1)
+        B12 = np.stack([x12, -r11 * r22, z12], 1)
+        B22 = np.stack([r1 * rS3, -r1 * r23, r2 * rS * (2 * r22 + 2 * r2 * rS) + r2 * rS3], 1)
+        Whh = A * d2G1[:, None] + B * d2G2[:, None]
+        Whh[:, 0] += d2G0
+        Wh1 = A1 * dG1[:, None] + B1 * dG2[:, None]
+        Wh2 = A2 * dG1[:, None] + B2 * dG2[:, None]
+        W11 = A11 * G1[:, None] + B11 * G2[:, None]
+        W12 = A12 * G1[:, None] + B12 * G2[:, None]
+        W22 = A22 * G1[:, None] + B22 * G2[:, None]
+        d2W = np.stack([np.stack([Whh, Wh1, Wh2], -1), np.stack([Wh1, W11, W12], -1),
+                        np.stack([Wh2, W12, W22], -1)], -2)                          # [M, 3, 3, 3]
+        UgF = U[..., :, None] * gF[..., None, :]
+        D2 = _T.T @ d2W @ _T + UgF + UgF.swapaxes(-1, -2) + w[..., None, None] * gF[..., :, None] * gF[..., None, :]
+        D2[:, [0, 1, 2], [1, 2, 3], [1, 2, 3]] += w * d2le[nodes]
+        D2 *= F[..., None, None]
+        self._D2c = D2[~qm]
+        self._Hq = None
+        if qm.any():
+            aq, Daq = a[qm] / qs[:, None], Da[qm]
+            self._Hq = ((aq[..., None, None] * D2[qm]).sum(1) + np.einsum("mja,mjb->mab", Daq, Daq) / qs[:, None, None]
+                        - Dq[:, :, None] * Dq[:, None, :] / qs[:, None, None])
 
     @property
     def value(self) -> float:
@@ -321,13 +302,11 @@ class BoundNP:
         n = self.n
         wts = np.sign(self.c) if node_weights is None else np.asarray(node_weights, dtype=np.float64)
         H = np.zeros(n * n)
-        for pos, nodes, qm, D2, Hq in self.local:
-            pp = pos[:, :, None] * n + pos[:, None, :]
-            if with_q and Hq is not None:
-                H += np.bincount(pp[qm].ravel(), Hq.ravel(), n * n)
-            if not qm.all():
-                Hc = (wts[nodes[~qm]][..., None, None] * D2[~qm]).sum(1)
-                H += np.bincount(pp[~qm].ravel(), Hc.ravel(), n * n)
+        if with_q and self._Hq is not None:
+            H += np.bincount(self._hq_idx, self._Hq.ravel(), n * n)
+        if len(self._D2c):
+            Hc = (wts[self._nodes[~self._qm]][..., None, None] * self._D2c).sum(1)
+            H += np.bincount(self._hc_idx.ravel(), Hc.ravel(), n * n)
         H = H.reshape(n, n)
         H[n - 1, n - 1] += wts[n - 1] * self._jump2
         return H

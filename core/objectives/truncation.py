@@ -211,9 +211,10 @@ class BoundNP:
         h = lam[1:] - lam[:-1]
         hp = np.r_[1.0, h[:-1]]                                       # h1 (dummy 1 where unused)
         hpp = np.r_[1.0, 1.0, h[:-2]]                                 # h2
-        r1 = np.where(orders >= 2, 1.0 / hp, 0.0)
-        r2 = np.where(orders >= 3, 1.0 / hpp, 0.0)
-        rS = np.where(orders >= 3, 1.0 / (hp + hpp), 0.0)
+        o2, o3 = orders >= 2, orders >= 3
+        r1 = np.where(o2, 1.0 / np.where(o2, hp, 1.0), 0.0)
+        r2 = np.where(o3, 1.0 / np.where(o3, hpp, 1.0), 0.0)
+        rS = np.where(o3, 1.0 / np.where(o3, hp + hpp, 1.0), 0.0)
         G0 = -np.expm1(-h)
         G1 = h - G0
         G2 = h * h - 2.0 * G1

@@ -85,3 +85,22 @@ def test_exact_hessian_needs_fewer_iterations_than_bfgs():
     assert ex.objective <= bf.objective * (1 + 1e-7)       # both stop at gtol on the start-scaled bound
     assert ex.nit < 0.5 * bf.nit, (ex.nit, bf.nit)
 
+
+
+def test_auto_form_keeps_b_itself_off_kinks_and_moves_to_the_epigraph_at_a_kink():
+    """N = 6: the optimum is off every kink, so B's own trust-constr run is kept (same optimum as the
+    epigraph form, fewer iterations).  N = 7: the optimum sits on a kink (some c_j = 0), B's run is
+    abandoned and the epigraph run from the same start is returned, converged."""
+    from core.objectives.truncation import BoundNP, signed_nodes
+    from core.optimizers.nonuniform import KINK_TOL
+    lam6 = start_levels("uniform_lambda", 6, 0.002, 80.0)
+    auto, epi = solve_from(lam6, 1.0, form="auto"), solve_from(lam6, 1.0, form="epigraph")
+    assert auto.converged and epi.converged and "epigraph" not in auto.message
+    assert auto.objective <= epi.objective * (1 + 1e-9) and auto.nit < epi.nit
+    c = BoundNP(auto.lam, 1.0).c[list(signed_nodes(6))]
+    assert np.abs(c).min() > KINK_TOL * auto.objective
+    lam7 = start_levels("edm", 7, 0.002, 80.0)
+    auto, epi = solve_from(lam7, 1.0, form="auto"), solve_from(lam7, 1.0, form="epigraph")
+    assert auto.converged and "kink" in auto.message and np.array_equal(auto.lam, epi.lam)
+    c = BoundNP(auto.lam, 1.0).c[list(signed_nodes(7))]
+    assert np.abs(c).min() < KINK_TOL * auto.objective < 1e-3 * np.sort(np.abs(c))[1]   # on a kink

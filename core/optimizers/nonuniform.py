@@ -11,8 +11,9 @@ by `scipy.optimize.minimize(method="trust-constr")` with the exact gradient and 
 form, float64: `core.objectives.truncation.BoundNP`, checked against torch autograd of the torch
 bound in the tests; BFGS Hessians in epigraph form), from several starts (uniform lambda, uniform in the
 process's time t, EDM rho = 7); the lowest converged bound wins.  Where the bound has kinks
-(|c_j| at signed nodes, NFE <= 7 under the reference rule) it is solved in epigraph form (see
-`solve_from`).  Convergence is reported per
+(|c_j| at signed nodes, NFE <= 7 under the reference rule) B itself is minimised first and the
+run moves to the exact epigraph form when its iterates oscillate about a kink (see `solve_from`,
+form="auto").  Convergence (KKT: stationarity, feasibility, complementarity) is reported per
 start (`status`, `message`, `optimality`, `constr_violation`) and a run in which no start
 converged raises ScheduleLabError unless strict=False (then it is returned flagged).
 
@@ -35,13 +36,14 @@ from core.optimizers.base import Optimizer, ProgressEvent
 from core.schedules import Schedule
 
 STARTS = ("uniform_lambda", "uniform_t", "edm")
-BARRIER_TOL = 1e-8      # complementarity: the barrier parameter at exit (SciPy's own barrier_tol)
+KINK_TOL = 1e-6         # form='auto' keeps B's own solution only if every signed |c_j| > KINK_TOL * B
 
 
 @dataclass
 class StartResult:
-    """One trust-constr run.  converged = KKT optimality <= kkt_tol, constraints satisfied and the
-    barrier parameter <= BARRIER_TOL (whatever stopped the run: status 1 = gtol, 2 = xtol, 0 = maxiter)."""
+    """One start's optimization (one trust-constr run, or two with form="auto": B itself, then the
+    epigraph form; nit / nfev count both).  converged = KKT optimality <= kkt_tol, constraints satisfied and the
+    barrier parameter <= kkt_tol (whatever stopped the run: status 1 = gtol, 2 = xtol, 0 = maxiter)."""
 
     start: str
     lam: np.ndarray                 # [n] levels lambda_0 .. lambda_{n-1}
@@ -173,7 +175,7 @@ class _Evaluator:
 
 def solve_from(lam_start: np.ndarray, p: float = 1.0, quadrature="auto", *, start: str = "custom",
                scale: float | None = None, gradient: str = "exact", hessian: str = "auto",
-               form: str = "epigraph", gtol: float = 1e-8, kkt_tol: float = 1e-5, maxiter: int = 1000,
+               form: str = "auto", gtol: float = 1e-8, kkt_tol: float = 1e-5, maxiter: int = 1000,
                min_gap: float | None = None, barrier: float = 1e-8, barrier_tol0: float = 1e-8,
                xtol: float = 1e-12, record: bool = False) -> StartResult:
     """One trust-constr run from `lam_start` ([n] increasing); endpoints stay fixed.
@@ -181,25 +183,30 @@ def solve_from(lam_start: np.ndarray, p: float = 1.0, quadrature="auto", *, star
     gradient="exact": closed-form gradients (`core.objectives.truncation.BoundNP`, float64, checked
         against torch autograd in the tests); hessian="exact" adds the closed-form Hessian (of the
         objective and, in epigraph form, of the constraints), hessian="bfgs" SciPy's BFGS update;
-        "auto" = exact without signed nodes, BFGS in epigraph form (measured: with the exact
-        Lagrangian Hessian the epigraph runs from the uniform-t start take 300-1000 iterations at
-        N = 5..7, while BFGS takes 20-70).
+        "auto" = exact, except BFGS in epigraph form (measured: with the exact Lagrangian Hessian
+        the epigraph runs from the uniform-t start take 300-1000 iterations at N = 5..7, with BFGS
+        20-70).
     gradient="2-point": SciPy finite differences of the same functions (objective and epigraph
         constraints), BFGS Hessians (SciPy allows no Hessian from finite-difference gradients).
     form="epigraph": the kinks of |c_j| at signed nodes (see `signed_nodes`; none for
         quadrature="all") are handled exactly by  min sum(q) + sum_j t_j  s.t.  t_j >= c_j, t_j >= -c_j
         (a NonlinearConstraint), which has the same minimisers as B and meaningful KKT conditions.
     form="plain": minimise B itself (the reference code's formulation; kinks left to the optimizer).
+    form="auto" (default): B is differentiable wherever every signed c_j != 0, so first minimise B
+        itself; the run is kept if it converged with every |c_j| > KINK_TOL * B (then its KKT test
+        is B's own), and is abandoned for the epigraph form (from the same start) as soon as a
+        signed c_j has changed sign twice (iterates oscillating about a kink; measured: never at
+        N = 5, 6, from the first iterations at N = 7, on EDM, VP linear / cosine and flow).
     scale: objective normaliser (default: B at the start).  min_gap: ordering margin in lambda
     (default 1e-3 of the mean step).  barrier, barrier_tol0: trust-constr's initial barrier
-    parameter and barrier-subproblem tolerance: small, because the solutions are interior (the
-    ordering margin is never active), so the barrier only has to keep iterates ordered and SciPy's
-    default decreasing sequence (0.1, 0.02, ...) would only cost iterations.  xtol: trust-radius
-    termination (tiny: gtol decides).  record: keep every iterate (progress events).  The reference
-    code's call is gradient="2-point", form="plain", barrier=0.1, barrier_tol0=0.1, xtol=1e-8,
-    min_gap=0 (SciPy's defaults).
+    parameter and barrier-subproblem tolerance: small, because the ordering margin is never active
+    at a solution, so the barrier only has to keep iterates ordered; SciPy's default decreasing
+    sequence (0.1, 0.02, ...) only costs iterations (and, in epigraph form, stops early: below).
+    xtol: trust-radius termination (tiny: gtol decides).  record: keep every iterate (progress
+    events).  The reference code's call is gradient="2-point", form="plain", barrier=0.1,
+    barrier_tol0=0.1, xtol=1e-8, min_gap=0 (SciPy's defaults).
     converged = KKT optimality <= kkt_tol (scaled objective), constraint violation <= 1e-8 and
-    complementarity: the barrier parameter at exit <= BARRIER_TOL (trust-constr's `optimality` is the
+    complementarity: the barrier parameter at exit <= kkt_tol (trust-constr's `optimality` is the
     barrier problem's Lagrangian gradient: with SciPy's default barrier 0.1 it reports gtol while
     the epigraph slacks t_j - |c_j| are still O(barrier), measured at N = 7: bound 0.26787 vs 0.267777).
     """
@@ -211,42 +218,93 @@ def solve_from(lam_start: np.ndarray, p: float = 1.0, quadrature="auto", *, star
         raise ScheduleLabError(f"gradient must be 'exact' or '2-point'; got {gradient!r}")
     if hessian not in ("auto", "exact", "bfgs"):
         raise ScheduleLabError(f"hessian must be 'auto', 'exact' or 'bfgs'; got {hessian!r}")
-    if form not in ("epigraph", "plain"):
-        raise ScheduleLabError(f"form must be 'epigraph' or 'plain'; got {form!r}")
+    if form not in ("auto", "epigraph", "plain"):
+        raise ScheduleLabError(f"form must be 'auto', 'epigraph' or 'plain'; got {form!r}")
     n = lam_start.shape[0]
-    m = n - 2
     l0, l1 = float(lam_start[0]), float(lam_start[-1])
-    b_start = bound_np(lam_start, p, quadrature)
-    scale = b_start if scale is None else float(scale)
-    if m <= 0:
-        return StartResult(start, lam_start, b_start, b_start, True, 1,
-                           "no interior level to optimize (steps <= 2)", 0, 1, 0.0, 0.0, 0.0)
     gap = 1e-3 * (l1 - l0) / (n - 1) if min_gap is None else float(min_gap)
     if not np.all(np.diff(lam_start) > max(gap, 0.0)):
         raise ScheduleLabError(f"start {start!r} violates the ordering margin {gap:g} in lambda")
-    signed = signed_nodes(n, quadrature) if form == "epigraph" else ()
+    b_start = bound_np(lam_start, p, quadrature)
+    scale = b_start if scale is None else float(scale)
+    if n <= 2:
+        return StartResult(start, lam_start, b_start, b_start, True, 1,
+                           "no interior level to optimize (steps <= 2)", 0, 1, 0.0, 0.0, 0.0)
+    signed = signed_nodes(n, quadrature)
+    kw = dict(p=p, quadrature=quadrature, scale=scale, gradient=gradient, hessian=hessian, gtol=gtol,
+              maxiter=maxiter, gap=gap, barrier=barrier, barrier_tol0=barrier_tol0, xtol=xtol)
+    t0 = time.perf_counter()
+    iterates, note, nit0, nfev0 = [], "", 0, 0
+    if form == "auto" and signed:
+        r, its, kink = _trust_constr(lam_start, (), watch=signed, **kw)
+        lam = np.r_[l0, r.x, l1]
+        c = BoundNP(lam, p, quadrature).c[list(signed)]
+        b = bound_np(lam, p, quadrature)
+        if kink is None and _ok(r, b, kkt_tol) and np.abs(c).min() > KINK_TOL * b:
+            return StartResult(start, lam, b, b_start, True, int(r.status), str(r.message), int(r.nit),
+                               int(r.nfev), float(r.optimality), float(r.constr_violation),
+                               time.perf_counter() - t0, its if record else [])
+        iterates, nit0, nfev0 = (its if record else []), int(r.nit), int(r.nfev)
+        note = (f"B itself: node {kink} crossed its kink twice after {r.nit} iterations; epigraph form: "
+                if kink is not None else f"B itself: not accepted ({r.message}); epigraph form: ")
+    r, its, _ = _trust_constr(lam_start, signed if form != "plain" else (), watch=(), **kw)
+    lam = np.r_[l0, r.x[:n - 2], l1]
+    b = bound_np(lam, p, quadrature)
+    iterates += [(nit0 + i, x, v) for i, x, v in its] if record else []
+    return StartResult(start, lam, b, b_start, _ok(r, b, kkt_tol), int(r.status), note + str(r.message),
+                       nit0 + int(r.nit), nfev0 + int(r.nfev), float(r.optimality), float(r.constr_violation),
+                       time.perf_counter() - t0, iterates)
+
+
+def _ok(r, b, kkt_tol) -> bool:
+    mu = float(getattr(r, "barrier_parameter", 0.0))
+    return (float(r.optimality) <= kkt_tol and float(r.constr_violation) <= 1e-8 and mu <= kkt_tol
+            and math.isfinite(b))
+
+
+class _KinkStop(Exception):
+    pass
+
+
+def _trust_constr(lam_start, signed, *, watch, p, quadrature, scale, gradient, hessian, gtol, maxiter, gap,
+                  barrier, barrier_tol0, xtol):
+    """One trust-constr run; epigraph form when `signed` is non-empty, B itself otherwise.
+    watch: signed nodes whose c_j sign changes are counted; the run stops (kink != None) at the
+    second change of one node.  Returns (OptimizeResult, iterates [(nit, lam, B)], kink node)."""
+    n = lam_start.shape[0]
+    m = n - 2
+    l0, l1 = float(lam_start[0]), float(lam_start[-1])
     ns = len(signed)
+    fd = gradient == "2-point"
     if hessian == "auto":
         hessian = "bfgs" if ns else "exact"
-    exact_h = gradient == "exact" and hessian == "exact"
-    ev = _Evaluator(l0, l1, p, quadrature, scale, signed, 0 if gradient == "2-point" else 2 if exact_h else 1)
+    exact_h = not fd and hessian == "exact"
+    ev = _Evaluator(l0, l1, p, quadrature, scale, signed, 0 if fd else 2 if exact_h else 1)
     order = ordering_constraint(l0, l1, m, gap)
     iterates = []
+    W = list(watch)
+    state = {"sign": None, "flips": np.zeros(len(W), dtype=int), "kink": None}
 
     def callback(intermediate_result):
-        if record:
-            lam = np.r_[l0, intermediate_result.x[:m], l1]
-            iterates.append((int(intermediate_result.nit), lam, bound_np(lam, p, quadrature)))
+        x = intermediate_result.x[:m]
+        b = ev.at(x) if not fd else BoundNP(np.r_[l0, x, l1], p, quadrature)
+        iterates.append((int(intermediate_result.nit), np.r_[l0, x, l1], b.value))
+        if W:
+            sg = np.sign(b.c[W])
+            if state["sign"] is not None:
+                state["flips"] += sg != state["sign"]
+                if state["flips"].max() >= 2:
+                    state["kink"] = W[int(state["flips"].argmax())]
+                    raise StopIteration
+            state["sign"] = sg
 
     opts = {"gtol": gtol, "xtol": xtol, "maxiter": maxiter, "initial_barrier_parameter": barrier,
             "initial_barrier_tolerance": barrier_tol0}
-    fd = gradient == "2-point"
-    t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="delta_grad == 0.0")
         if ns == 0:
             fun, jac = (ev.value, "2-point") if fd else (ev.smooth, True)
-            hess = (lambda x: ev.smooth_hess(x)) if exact_h else BFGS()
+            hess = ev.smooth_hess if exact_h else BFGS()
             r = minimize(fun, lam_start[1:-1].copy(), jac=jac, hess=hess, method="trust-constr",
                          constraints=[order], options=opts, callback=callback)
         else:
@@ -286,14 +344,7 @@ def solve_from(lam_start: np.ndarray, p: float = 1.0, quadrature="auto", *, star
             r = minimize(fun if fd else fun_grad, z0, jac="2-point" if fd else True,
                          hess=fun_hess if exact_h else BFGS(), method="trust-constr", constraints=[lin, epi],
                          options=opts, callback=callback)
-    secs = time.perf_counter() - t0
-    lam = np.r_[l0, r.x[:m], l1]
-    b = bound_np(lam, p, quadrature)
-    mu = float(getattr(r, "barrier_parameter", 0.0))
-    ok = (float(r.optimality) <= kkt_tol and float(r.constr_violation) <= 1e-8 and mu <= BARRIER_TOL
-          and math.isfinite(b))
-    return StartResult(start, lam, b, b_start, ok, int(r.status), str(r.message), int(r.nit), int(r.nfev),
-                       float(r.optimality), float(r.constr_violation), secs, iterates)
+    return r, iterates, state["kink"]
 
 
 def _schedule(lam: np.ndarray, sigma_max: float, sigma_min: float, **params) -> Schedule:

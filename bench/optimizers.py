@@ -1,11 +1,12 @@
 """DM-NonUniform and score-optimal: optimizer speed, and the schedules' quality on grid8x8.
 
-    python bench/optimizers.py [--n 20000] [--seeds 3] [--quick]
+    python bench/optimizers.py [--n 20000] [--seeds 3] [--quick] [--only nonuniform]
 
-1. DM-NonUniform, N = 5..20 (EDM 0.002..80, p = 1; and linear VP, p = 2): time with exact
-   autograd gradients vs SciPy's finite differences (the reference code's run: the bound itself,
-   jac="2-point", BFGS), same starts, final bounds.  Times are process CPU seconds (the machine
-   is shared) and wall seconds.
+1. DM-NonUniform, N = 5,6,7,8,10,12,15,20 (EDM 0.002..80, p = 1; and linear VP p = 2 at N = 20):
+   CPU time (time.process_time, best of 3; the machine is shared) of 3 starts with exact closed-form
+   derivatives vs SciPy's finite differences on the same formulation and tolerances ("fd") and vs
+   the reference code's call ("ref"; see NU_RUNS), final bounds, converged starts; and
+   trust-constr's own per-iteration cost vs one evaluation of the bound.
 2. Score-optimal: time per 10-step schedule on the toys (exact mixture denoisers; the MLP too
    when its checkpoint exists), jvp and fd.
 3. grid8x8, exact denoiser: NLL under the true density at NFE 6 / 8 / 10 with dpmpp_2m_sde and
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import time
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench._common import table, write  # noqa: E402
+from bench._common import RESULTS, table, write  # noqa: E402
 from core.evaluate import evaluate_toy  # noqa: E402
 from core.models import MixtureDenoiser, load_toy_model, toy_checkpoint  # noqa: E402
 from core.optimizers.nonuniform import (STARTS, optimize_nonuniform, resolve_range, solve_from,  # noqa: E402
@@ -45,33 +47,93 @@ def _clock(fn):
     return out, time.process_time() - c, time.perf_counter() - w
 
 
-def nonuniform_speed(steps, process="edm", p=1.0):
+# The three DM-NonUniform runs compared (same starts, each row: all 3 starts, best converged kept).
+#   exact: the shipped run (closed-form gradient + Hessian; epigraph form with BFGS where kinks exist)
+#   fd:    the same formulation and tolerances, SciPy finite differences (objective and epigraph
+#          constraint Jacobian, jac="2-point") with BFGS (SciPy allows no Hessian from FD gradients);
+#          the value function is the same closed-form numpy bound, so the ratio is the gradients' gain
+#   ref:   the reference code's call: B itself, jac="2-point", BFGS, SciPy's default barrier 0.1 /
+#          tolerance 0.1, xtol 1e-8, no ordering margin
+NU_RUNS = {"exact": {}, "fd": {"gradient": "2-point"},
+           "ref": {"gradient": "2-point", "form": "plain", "barrier": 0.1, "barrier_tol0": 0.1, "xtol": 1e-8,
+                   "min_gap": 0.0}}
+
+
+def _nu_runs(n, process, p, kw):
+    _, smin, smax = resolve_range(process)
+    return [solve_from(start_levels(st, n, smin, smax, process), p, start=st, **kw) for st in STARTS]
+
+
+def nonuniform_speed(steps, process="edm", p=1.0, repeats=3):
+    """CPU seconds (time.process_time, best of `repeats`) of 3 starts per run kind, best bounds."""
     rows = []
     for n in steps:
-        (sched, info), cpu, wall = _clock(lambda: optimize_nonuniform(n, process=process, p=p, strict=False))
-        _, smin, smax = resolve_range(process)
-
-        row = {"process": process, "p": p, "N": n, "exact_cpu_s": cpu, "exact_wall_s": wall,
-               "bound_exact": info["objective"],
-               "converged": f"{sum(r['converged'] for r in info['runs'])}/{len(info['runs'])}",
-               "nit": "/".join(str(r["nit"]) for r in info["runs"])}
-        # "ref": the reference code's call (SciPy defaults: barrier 0.1, xtol 1e-8, no margin);
-        # "fd": finite differences with our settings (isolates the gradient's cost)
-        for tag, kw in (("ref", {"barrier": 0.1, "xtol": 1e-8, "min_gap": 0.0}), ("fd", {})):
-            def fd_runs():
-                return [solve_from(start_levels(st, n, smin, smax, process), p, start=st, gradient="2-point", **kw)
-                        for st in STARTS]
-            fd, fd_cpu, fd_wall = _clock(fd_runs)
-            fd_ok = [r for r in fd if r.converged]
-            fd_best = min(fd_ok or fd, key=lambda r: r.objective)
-            row.update({f"{tag}_cpu_s": fd_cpu, f"{tag}_wall_s": fd_wall, f"speedup_{tag}": fd_cpu / cpu,
-                        f"bound_{tag}": fd_best.objective,
-                        f"exact_le_{tag}": info["objective"] <= fd_best.objective * (1 + 1e-9),
-                        f"{tag}_converged": f"{len(fd_ok)}/{len(fd)}",
-                        f"{tag}_nit": "/".join(str(r.nit) for r in fd)})
+        row = {"process": process, "p": p, "N": n}
+        for tag, kw in NU_RUNS.items():
+            best_cpu = float("inf")
+            for _ in range(repeats):
+                runs, cpu, _ = _clock(lambda: _nu_runs(n, process, p, kw))
+                best_cpu = min(best_cpu, cpu)
+            ok = [r for r in runs if r.converged]
+            best = min(ok or runs, key=lambda r: r.objective)
+            row.update({f"{tag}_cpu_s": best_cpu, f"bound_{tag}": best.objective,
+                        f"{tag}_converged": f"{len(ok)}/{len(runs)}",
+                        f"{tag}_nit": "/".join(str(r.nit) for r in runs),
+                        f"{tag}_nfev": "/".join(str(r.nfev) for r in runs)})
+        for tag in ("fd", "ref"):
+            row[f"speedup_{tag}"] = row[f"{tag}_cpu_s"] / row["exact_cpu_s"]
+            row[f"exact_le_{tag}"] = bool(row["bound_exact"] <= row[f"bound_{tag}"] * (1 + 1e-9))
+            row[f"rel_diff_{tag}"] = (row["bound_exact"] - row[f"bound_{tag}"]) / row[f"bound_{tag}"]
         rows.append(row)
         print(rows[-1], file=sys.stderr)
     return rows
+
+
+def trust_constr_overhead(n=10, repeats=3):
+    """Why the ratio is bounded at small N: SciPy trust-constr's own cost per iteration (a
+    separable quadratic with the same ordering constraints, derivatives free) vs one evaluation
+    of the bound's value / value + gradient / + Hessian (microseconds)."""
+    from scipy.optimize import minimize
+    from core.objectives.truncation import BoundNP
+    from core.optimizers.nonuniform import ordering_constraint
+    lam = start_levels("uniform_lambda", n, 0.002, 80.0)
+    x0, xs, m = lam[1:-1], lam[1:-1] + 0.1, n - 2
+    con = ordering_constraint(lam[0], lam[-1], m, 1e-3)
+    eye = np.eye(m)
+    opts = {"gtol": 1e-8, "xtol": 1e-12, "initial_barrier_parameter": 1e-8, "initial_barrier_tolerance": 1e-8}
+
+    def quad():
+        return minimize(lambda x: (0.5 * ((x - xs) ** 2).sum(), x - xs), x0, jac=True, hess=lambda x: eye,
+                        method="trust-constr", constraints=[con], options=opts)
+    best, nit = float("inf"), 0
+    for _ in range(repeats):
+        r, cpu, _ = _clock(quad)
+        best, nit = min(best, cpu), r.nit
+    out = {"N": n, "trust_constr_ms_per_iteration": 1e3 * best / nit, "quadratic_nit": nit}
+    for order, name in ((0, "value_us"), (1, "value_grad_us"), (2, "value_grad_hess_us")):
+        def ev(order=order):
+            for _ in range(200):
+                b = BoundNP(lam, 1.0, "auto", order)
+                if order == 2:
+                    b.hessian()
+        _, cpu, _ = _clock(ev)
+        out[name] = 1e6 * cpu / 200
+    return out
+
+
+NU_COLS = ["process", "p", "N", "exact_cpu_s", "fd_cpu_s", "speedup_fd", "ref_cpu_s", "speedup_ref",
+           "bound_exact", "rel_diff_fd", "rel_diff_ref", "exact_le_fd", "exact_converged", "fd_converged",
+           "ref_converged", "exact_nit", "fd_nit", "ref_nit"]
+
+
+def run_nonuniform(quick=False):
+    steps = [5, 6, 8] if quick else [5, 6, 7, 8, 10, 12, 15, 20]
+    nu = nonuniform_speed(steps) + nonuniform_speed([20] if not quick else [6], "vp-linear", 2.0)
+    print(table(nu, NU_COLS, "DM-NonUniform: exact derivatives vs SciPy finite differences "
+                             "(3 starts each; CPU s, best of 3)"))
+    over = [trust_constr_overhead(k) for k in ((5, 8, 20) if not quick else (8,))]
+    print(table(over, list(over[0]), "trust-constr's own cost per iteration vs one bound evaluation"))
+    return nu, over
 
 
 def score_speed(toys, levels=200, n=256):
@@ -163,16 +225,23 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no OpenMP spin on a busy machine)")
     ap.add_argument("--quick", action="store_true", help="fewer N, samples and seeds (smoke run)")
+    ap.add_argument("--only", choices=["nonuniform"], help="run only this section and update its keys in "
+                    "bench/results/optimizers.json (the other sections are kept)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    steps = [5, 6, 8, 12] if a.quick else list(range(5, 21))
     n, seeds = (4000, 1) if a.quick else (a.n, a.seeds)
     load = os.getloadavg()[0]
 
-    nu = nonuniform_speed(steps) + nonuniform_speed([5, 6, 10, 20] if not a.quick else [6], "vp-linear", 2.0)
-    cols = ["process", "p", "N", "exact_cpu_s", "ref_cpu_s", "speedup_ref", "fd_cpu_s", "speedup_fd", "bound_exact",
-            "bound_ref", "bound_fd", "converged", "ref_converged", "fd_converged", "nit", "ref_nit", "fd_nit"]
-    print(table(nu, cols, "DM-NonUniform: exact gradients vs SciPy finite differences (3 starts each)"))
+    nu, over = run_nonuniform(a.quick)
+    if a.only == "nonuniform":
+        path = RESULTS / "optimizers.json"
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        old = {k: v for k, v in old.items() if k not in ("machine", "when")}
+        old.update({"nonuniform": nu, "trust_constr_overhead": over, "nonuniform_args": vars(a),
+                    "nonuniform_load_average": load})
+        print(f"load average at start: {load:.1f} on {os.cpu_count()} cores")
+        print("wrote", write("optimizers", old))
+        return
     so = score_speed(["grid8x8", "moons", "ring8"])
     print(table(so, ["toy", "model", "method", "levels", "n", "cpu_s", "wall_s", "cost_spread", "sigmas"],
                 "Score-optimal: one 10-step schedule (density on the grid + constant-speed inverse)"))
@@ -184,7 +253,8 @@ def main(argv=None):
     print(table(disc, ["solver", "schedule"] + [f"err@{k}" for k in (5, 6, 8, 10)],
                 "grid8x8, exact denoiser: mean |x_N - x_500| from the same noise (ODE discretization error)"))
     print(f"load average at start: {load:.1f} on {os.cpu_count()} cores; torch threads {a.threads}")
-    print("wrote", write("optimizers", {"args": vars(a), "load_average": load, "nonuniform": nu, "score_optimal": so,
+    print("wrote", write("optimizers", {"args": vars(a), "load_average": load, "nonuniform": nu,
+                                        "trust_constr_overhead": over, "score_optimal": so,
                                         "nll": q, "ays_note": note, "discretization": disc, "sigmas": sigmas}))
 
 

@@ -161,6 +161,171 @@ def bound_parts(lam: torch.Tensor, p: float = 1.0, quadrature="auto"):
     return q, c + jump * eps[n - 1]                                          # D(x, sigma_min) + eps
 
 
+# ---- closed-form float64 numpy evaluation with exact derivatives (the optimizer's hot path) -------
+# Same formulas as `bound_parts` (the torch version stays the independent reference; tests check
+# value, gradient, Jacobian and Hessian against autograd).  Step s depends on h = lam_{s+1} - lam_s,
+# h1 = lam_s - lam_{s-1}, h2 = lam_{s-1} - lam_{s-2}.  With G_m = e^{-h} H_m(h):
+#   G0 = 1 - e^{-h},  G_m = h^m - m G_{m-1};   G_m' = h^m - G_m,   G_m'' = m h^{m-1} - G_m'.
+# The scaled Lagrange weights of an order-3 step are (r1 = 1/h1, r2 = 1/h2, rS = 1/(h1 + h2))
+#   w0 = G0 + (r1 + rS) G1 + r1 rS G2,   w1 = -(r1 + r2) G1 - r1 r2 G2,   w2 = (r2 - rS) G1 + r2 rS G2;
+# setting r2 = rS = 0 gives the order-2 weights (w0 = G0 + r1 G1, w1 = -r1 G1, w2 = 0) and also
+# r1 = 0 the order-1 weight (w0 = G0), derivatives included, so every step is one vectorised row.
+# a_{s,j} = w_j F_j,  F_j = P eps_j,  P = exp(lam_{s+1} - lam_{n-1}),  eps_j = eps(exp(-lam_{s-j})),
+# d log eps / d lam = -(p + (1 - p) u / (1 + u)),  d^2 log eps / d lam^2 = 2 (1 - p) u / (1 + u)^2,  u = sigma^2.
+
+# d(h, h1, h2) / d(lam_{s+1}, lam_s, lam_{s-1}, lam_{s-2}, lam_{n-1})
+_T = np.array([[1.0, -1.0, 0.0, 0.0, 0.0], [0.0, 1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0, 0.0]])
+
+
+@lru_cache(maxsize=128)
+def _plan_np(n: int, quad: tuple):
+    """Static index arrays for all n - 1 multistep steps as rows: steps [M], order masks, nodes
+    [M, 3] (s, s-1, s-2, clipped at 0; weights of unused nodes are exactly 0), positions [M, 5]
+    (s+1, s, s-1, s-2, n-1), quadrature mask [M] and the flat scatter indices."""
+    M = n - 1
+    steps = np.arange(M)
+    orders = np.array(multistep_orders(n, 3)[:M])
+    nodes = np.maximum(steps[:, None] - np.arange(3), 0)
+    pos = np.concatenate([steps[:, None] + 1, nodes, np.full((M, 1), n - 1)], 1)
+    qm = np.isin(steps, quad)
+    jc_idx = (nodes[:, :, None] * n + pos[:, None, :])[~qm].ravel()
+    jq_idx = (steps[:, None] * n + pos)[qm].ravel()
+    h_idx = pos[:, :, None] * n + pos[:, None, :]
+    return steps, orders, nodes, pos, qm, jc_idx, jq_idx, h_idx[qm].ravel(), h_idx[~qm]
+
+
+class BoundNP:
+    """The bound's pieces at one point lam [n] (numpy float64), with exact derivatives.
+
+    order 0: q [n], c [n] as `bound_parts`.  order >= 1: Jq, Jc [n, n] (d/dlam, every level incl.
+    the endpoints).  order 2: `hessian(node_weights, with_q)` = sum_s Hess q_s (if with_q) +
+    sum_j node_weights[j] Hess c_j  [n, n]."""
+
+    def __init__(self, lam, p: float = 1.0, quadrature="auto", order: int = 0):
+        lam = np.asarray(lam, dtype=np.float64)
+        n = self.n = lam.shape[0]
+        steps, orders, nodes, pos, qm, jc_idx, jq_idx, hq_idx, hc_idx = _plan_np(n, quadrature_steps(n, quadrature))
+        self._hq_idx, self._hc_idx, self._qm, self._nodes = hq_idx, hc_idx, qm, nodes
+        sig = np.exp(-lam)
+        eps = error_model(sig, p)
+        h = lam[1:] - lam[:-1]
+        hp = np.r_[1.0, h[:-1]]                                       # h1 (dummy 1 where unused)
+        hpp = np.r_[1.0, 1.0, h[:-2]]                                 # h2
+        o2, o3 = orders >= 2, orders >= 3
+        r1 = np.where(o2, 1.0 / np.where(o2, hp, 1.0), 0.0)
+        r2 = np.where(o3, 1.0 / np.where(o3, hpp, 1.0), 0.0)
+        rS = np.where(o3, 1.0 / np.where(o3, hp + hpp, 1.0), 0.0)
+        G0 = -np.expm1(-h)
+        G1 = h - G0
+        G2 = h * h - 2.0 * G1
+        A = np.stack([r1 + rS, -(r1 + r2), r2 - rS], 1)               # w_j = [j=0] G0 + A_j G1 + B_j G2
+        B = np.stack([r1 * rS, -r1 * r2, r2 * rS], 1)
+        w = A * G1[:, None] + B * G2[:, None]
+        w[:, 0] += G0
+        F = np.exp(lam[1:] - lam[n - 1])[:, None] * eps[nodes]        # [M, 3]
+        a = w * F
+        qs = np.sqrt((a[qm] ** 2).sum(1))
+        self.q = np.zeros(n)
+        self.q[steps[qm]] = qs
+        self.c = np.bincount(nodes[~qm].ravel(), a[~qm].ravel(), n).astype(np.float64)  # int when empty
+        self.c[n - 1] += eps[n - 1]
+        if order == 0:
+            return
+        u = sig * sig
+        dle = -(p + (1.0 - p) * u / (1.0 + u))
+        dG0, dG1, dG2 = 1.0 - G0, h - G1, h * h - G2
+        r11, rSS, r22 = r1 * r1, rS * rS, r2 * r2
+        A1 = np.stack([-r11 - rSS, r11, rSS], 1)                      # dA/dh1, dA/dh2, dB/dh1, dB/dh2
+        A2 = np.stack([-rSS, r22, rSS - r22], 1)
+        B1 = np.stack([-r1 * rS * (r1 + rS), r11 * r2, -r2 * rSS], 1)
+        B2 = np.stack([-r1 * rSS, r1 * r22, -r2 * rS * (r2 + rS)], 1)
+        Wh = A * dG1[:, None] + B * dG2[:, None]
+        Wh[:, 0] += dG0
+        W1 = A1 * G1[:, None] + B1 * G2[:, None]
+        W2 = A2 * G1[:, None] + B2 * G2[:, None]
+        U = np.stack([Wh, W1 - Wh, W2 - W1, -W2, np.zeros_like(Wh)], -1)          # dw / d pos [M, 3, 5]
+        gF = np.zeros((n - 1, 3, 5))                                               # d log F / d pos
+        gF[:, :, 0], gF[:, :, 4] = 1.0, -1.0
+        gF[:, [0, 1, 2], [1, 2, 3]] += dle[nodes]
+        Da = F[..., None] * (U + w[..., None] * gF)
+        self.Jq = np.zeros(n * n)
+        if qm.any():
+            Dq = ((a[qm] / qs[:, None])[..., None] * Da[qm]).sum(1)               # [mq, 5]
+            self.Jq = np.bincount(jq_idx, Dq.ravel(), n * n)
+        self.Jc = np.bincount(jc_idx, Da[~qm].ravel(), n * n).astype(np.float64).reshape(n, n)
+        self.Jq = self.Jq.reshape(n, n)
+        self.Jc[n - 1, n - 1] += eps[n - 1] * dle[n - 1]
+        d2le = 2.0 * (1.0 - p) * u / (1.0 + u) ** 2
+        self._jump2 = eps[n - 1] * (dle[n - 1] ** 2 + d2le[n - 1])
+        if order < 2:
+            return
+        d2G0, d2G1, d2G2 = -dG0, 1.0 - dG1, 2.0 * h - dG2
+        r13, rS3, r23 = 2.0 * r11 * r1, 2.0 * rSS * rS, 2.0 * r22 * r2
+        x12 = r11 * rSS + r1 * rS3                                                  # d2(r1 rS)/dh1 dh2
+        z12 = r22 * rSS + r2 * rS3                                                  # d2(r2 rS)/dh1 dh2
+        A11 = np.stack([r13 + rS3, -r13, -rS3], 1)
+        A12 = np.stack([rS3, np.zeros_like(rS3), -rS3], 1)
+        A22 = np.stack([rS3, -r23, r23 - rS3], 1)
+        B11 = np.stack([r1 * rS * (2 * r11 + 2 * r1 * rS) + r1 * rS3, -r13 * r2, r2 * rS3], 1)
+        B12 = np.stack([x12, -r11 * r22, z12], 1)
+        B22 = np.stack([r1 * rS3, -r1 * r23, r2 * rS * (2 * r22 + 2 * r2 * rS) + r2 * rS3], 1)
+        Whh = A * d2G1[:, None] + B * d2G2[:, None]
+        Whh[:, 0] += d2G0
+        Wh1 = A1 * dG1[:, None] + B1 * dG2[:, None]
+        Wh2 = A2 * dG1[:, None] + B2 * dG2[:, None]
+        W11 = A11 * G1[:, None] + B11 * G2[:, None]
+        W12 = A12 * G1[:, None] + B12 * G2[:, None]
+        W22 = A22 * G1[:, None] + B22 * G2[:, None]
+        d2W = np.stack([np.stack([Whh, Wh1, Wh2], -1), np.stack([Wh1, W11, W12], -1),
+                        np.stack([Wh2, W12, W22], -1)], -2)                          # [M, 3, 3, 3]
+        UgF = U[..., :, None] * gF[..., None, :]
+        D2 = _T.T @ d2W @ _T + UgF + UgF.swapaxes(-1, -2) + w[..., None, None] * gF[..., :, None] * gF[..., None, :]
+        D2[:, [0, 1, 2], [1, 2, 3], [1, 2, 3]] += w * d2le[nodes]
+        D2 *= F[..., None, None]
+        self._D2c = D2[~qm]
+        self._Hq = None
+        if qm.any():
+            aq, Daq = a[qm] / qs[:, None], Da[qm]
+            self._Hq = ((aq[..., None, None] * D2[qm]).sum(1) + np.einsum("mja,mjb->mab", Daq, Daq) / qs[:, None, None]
+                        - Dq[:, :, None] * Dq[:, None, :] / qs[:, None, None])
+
+    @property
+    def value(self) -> float:
+        return float(self.q.sum() + np.abs(self.c).sum())
+
+    def gradient(self, node_weights=None):
+        """sum_s grad q_s + sum_j node_weights[j] grad c_j (default weights sign(c): grad B)."""
+        wts = np.sign(self.c) if node_weights is None else node_weights
+        return self.Jq.sum(0) + wts @ self.Jc
+
+    def hessian(self, node_weights=None, with_q: bool = True):
+        """sum_s Hess q_s (with_q) + sum_j node_weights[j] Hess c_j (default sign(c): Hess B off kinks)."""
+        n = self.n
+        wts = np.sign(self.c) if node_weights is None else np.asarray(node_weights, dtype=np.float64)
+        H = np.zeros(n * n)
+        if with_q and self._Hq is not None:
+            H += np.bincount(self._hq_idx, self._Hq.ravel(), n * n)
+        if len(self._D2c):
+            Hc = (wts[self._nodes[~self._qm]][..., None, None] * self._D2c).sum(1)
+            H += np.bincount(self._hc_idx.ravel(), Hc.ravel(), n * n)
+        H = H.reshape(n, n)
+        H[n - 1, n - 1] += wts[n - 1] * self._jump2
+        return H
+
+
+def bound_parts_np(lam, p: float = 1.0, quadrature="auto", jac: bool = False):
+    """numpy float64 twin of `bound_parts`: (q [n], c [n]) and, with jac=True, also their
+    Jacobians dq/dlam, dc/dlam [n, n] (exact, closed form, w.r.t. every level incl. the endpoints)."""
+    b = BoundNP(lam, p, quadrature, order=1 if jac else 0)
+    return (b.q, b.c, b.Jq, b.Jc) if jac else (b.q, b.c)
+
+
+def bound_np(lam, p: float = 1.0, quadrature="auto", grad: bool = False):
+    """B (float) for levels lam [n] (numpy), and with grad=True its exact gradient [n] too."""
+    b = BoundNP(lam, p, quadrature, order=1 if grad else 0)
+    return (b.value, b.gradient()) if grad else b.value
+
+
 def signed_nodes(n: int, quadrature="auto") -> tuple:
     """Nodes whose accumulated error c_j collects signed terms of several weights (those of the
     non-quadrature steps); |c_j| has a kink where c_j = 0 (the optimizer handles these exactly)."""

@@ -1,6 +1,6 @@
 """DM-NonUniform and score-optimal: optimizer speed, and the schedules' quality on grid8x8.
 
-    python bench/optimizers.py [--n 20000] [--seeds 3] [--quick] [--only nonuniform]
+    python bench/optimizers.py [--n 20000] [--seeds 3] [--quick] [--only nonuniform|score]
 
 1. DM-NonUniform, N = 5,6,7,8,10,12,15,20 (EDM 0.002..80, p = 1; and linear VP p = 2 at N = 20):
    CPU time (time.process_time, best of 3; the machine is shared) of 3 starts with exact closed-form
@@ -225,13 +225,24 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no OpenMP spin on a busy machine)")
     ap.add_argument("--quick", action="store_true", help="fewer N, samples and seeds (smoke run)")
-    ap.add_argument("--only", choices=["nonuniform"], help="run only this section and update its keys in "
+    ap.add_argument("--only", choices=["nonuniform", "score"], help="run only this section and update its keys in "
                     "bench/results/optimizers.json (the other sections are kept)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     n, seeds = (4000, 1) if a.quick else (a.n, a.seeds)
     load = os.getloadavg()[0]
 
+    if a.only == "score":
+        so = score_speed(["grid8x8", "moons", "ring8"])
+        print(table(so, ["toy", "model", "method", "levels", "n", "cpu_s", "wall_s", "cost_spread", "sigmas"],
+                    "Score-optimal: one 10-step schedule (density on the grid + constant-speed inverse)"))
+        path = RESULTS / "optimizers.json"
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        old = {k: v for k, v in old.items() if k not in ("machine", "when")}
+        old.update({"score_optimal": so, "score_load_average": load})
+        print(f"load average at start: {load:.1f} on {os.cpu_count()} cores")
+        print("wrote", write("optimizers", old))
+        return
     nu, over = run_nonuniform(a.quick)
     if a.only == "nonuniform":
         path = RESULTS / "optimizers.json"

@@ -153,6 +153,15 @@ def test_early_stopping_keeps_the_best_heldout_sweep():
     assert opt.result().sigmas == evs[2].schedule.sigmas
 
 
+def test_heldout_only_in_the_first_stage_when_asked():
+    calls = []
+    opt = _opt(steps=4, stages=(4, 8), max_iters=[2, 2], heldout_every_stage=False,
+               heldout_fn=lambda s: calls.append(s.steps) or float(len(calls)))
+    evs = list(opt.events())
+    assert set(calls) == {4} and len(calls) == sum(1 for e in evs if e.stage == 0)
+    assert all(e.heldout is None for e in evs if e.stage == 1) and evs[-1].stage == 1
+
+
 RESUME = dict(steps=4, max_iters=4, heldout="nll", heldout_n=128, patience=2)
 STAGES = {"resample": (4, 8, 16), "subdivide": (4, 7, 13)}
 

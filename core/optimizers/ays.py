@@ -108,6 +108,8 @@ class AYSOptimizer(Optimizer):
             grid8x8 the NLL plateaus for up to 5 sweeps before improving again; bench/ays.py).
         min_delta: improvement smaller than this does not count.
         heldout_solver, heldout_n, heldout_seed: how the metric samples.
+        heldout_every_stage: measure the held-out metric after every sweep of every stage (the curve
+            the app plots; default) or only in the first stage, where it decides (saves its cost).
         mixture: exact GaussianMixture of the data (for nll), if known.
         seed: seed of the torch.Generator that draws every sweep's samples.
         chunk: denoiser rows per call; coupling: "bridge" | "forward" (core.objectives.klub).
@@ -123,7 +125,7 @@ class AYSOptimizer(Optimizer):
                  heldout: str | None = "auto", heldout_fn=None, patience: int = 8, min_delta: float = 0.0,
                  heldout_solver: str = "dpmpp_2m_sde", heldout_n: int = 8192, heldout_seed: int = 1234,
                  mixture=None, seed: int = 0, chunk: int = DEFAULT_CHUNK, coupling: str = "bridge",
-                 dtype=torch.float32, partition: Partition | None = None):
+                 dtype=torch.float32, partition: Partition | None = None, heldout_every_stage: bool = True):
         caps = list(max_iters) if isinstance(max_iters, (list, tuple)) else [max_iters]
         for name, v, lo in (("steps", steps, 3), ("n_samples", n_samples, 2), ("n_candidates", n_candidates, 1),
                             *(("max_iters", m, 1) for m in caps), ("patience", patience, 1), ("chunk", chunk, 1)):
@@ -149,6 +151,7 @@ class AYSOptimizer(Optimizer):
         if mixture is None and hasattr(model, "mixture"):
             mixture = model.mixture
         self.heldout_solver, self.heldout_n, self.heldout_seed = heldout_solver, heldout_n, int(heldout_seed)
+        self.heldout_every_stage = bool(heldout_every_stage)
         if heldout_fn is not None:
             self.heldout, self._metric = "custom", heldout_fn
         else:
@@ -220,7 +223,7 @@ class AYSOptimizer(Optimizer):
         moved, per, total, total_se = self._coordinate_sweep()
         self._iteration += 1
         self._stage_iter += 1
-        h = self._heldout_value()
+        h = self._heldout_value() if stage == 0 or self.heldout_every_stage else None
         swept = list(self._levels)
         cap = self.max_iters[stage] if isinstance(self.max_iters, list) else self.max_iters
         end = moved == 0 or self._stage_iter >= cap

@@ -182,6 +182,7 @@ def run_cells(model, schedules: dict, solvers, nfes, n, seeds, progress=True, do
                        "sigmas": r["sigmas"], "seconds": time.perf_counter() - t0}
                 for k in ("fd", "kid", "ref_error", "confidence", "balance_max_dev"):
                     row[k], row[k + "_ci"] = r[k], r[k + "_ci"]
+                row["fd_per_seed"] = [p["fd"] for p in r["per_seed"]]      # same noise per seed: pairable
                 rows.append(row)
                 if progress:
                     print(f"{name:13s} {spec.name:13s} NFE {r['nfe']:2d}  FD {r['fd']:.4f}  KID {r['kid']:.4f}"
@@ -230,16 +231,19 @@ def _earlier_cells(old_rows: list, n: int, seeds) -> dict:
 
 
 def _kept_rows(old_rows: list, rows: list, schedules: dict) -> list:
-    """Earlier rows of cells this run did not measure (other solvers, NFEs, n or seeds), minus those of
-    a schedule whose sigmas changed (e.g. a re-optimized AYS): they stay in the JSON as earlier_rows."""
-    done = {(r["schedule"], r["solver"], r["nfe"]) for r in rows}
+    """Earlier rows of cells this run did not measure with the same n and seeds (other solvers, NFEs, n
+    or seeds), minus those of a schedule whose sigmas changed (e.g. a re-optimized AYS): they stay in
+    the JSON as earlier_rows, each with its own n and seeds."""
+    def key(r):
+        return r["schedule"], r["solver"], r["nfe"], r["n"], tuple(r["seeds"])
+    done = {key(r) for r in rows}
     stale = {name for name, by_nfe in schedules.items() for r in old_rows
              if r["schedule"] == name and r["nfe"] in by_nfe and list(by_nfe[r["nfe"]].sigmas) != r["sigmas"]}
     seen, kept = set(), []
     for r in old_rows:
-        key = (r["schedule"], r["solver"], r["nfe"])
-        if key not in done and key not in seen and r["schedule"] not in stale:
-            seen.add(key)
+        k = key(r)
+        if k not in done and k not in seen and r["schedule"] not in stale:
+            seen.add(k)
             kept.append(r)
     return kept
 

@@ -2,16 +2,17 @@
 on the digits model in <= 10 minutes on 2 CPU cores").
 
 Budget (defaults, chosen by measurement on the shared 2-core machine; see bench/results/images.json):
-- 128 KLUB samples per sweep (common random numbers across the 11 candidates of every point), at most
+- 96 KLUB samples per sweep (common random numbers across the 11 candidates of every point), at most
   5 / 2 / 1 sweeps in the 10 / 20 / 40-step stages, float32 UNet calls of ~136-646 rows (chunk 256),
   one torch thread (on a loaded 2-core box two threads ran 3x slower per row).
   A sweep costs 272 / 612 / 1292 denoiser rows per sample at 10 / 20 / 40 steps (odd and even
-  halves; bridge coupling shares D(x_b, b)), so the whole run is ~0.46 M rows.
-- Early stopping (10-step stage) on a held-out FD: classifier features (core.metrics.images) of 500
-  DPM-Solver++(2M) samples from fixed noise (seed 1234) against the TRAINING split, so the test split
-  that bench/images.py reports stays unseen. The discretization error against a many-step reference
-  (`ref_error`) is available but is the wrong target here: the first KLUB sweep lowers FD (0.37 ->
-  0.30) while raising ref_error (1.41 -> 1.52), so ref_error stopped AYS at its EDM start.
+  halves; bridge coupling shares D(x_b, b)), so the sweeps take ~0.37 M rows, the held-out ~0.06 M.
+- Early stopping (10-step stage, patience 2) on a held-out FD: classifier features
+  (core.metrics.images) of 1000 DPM-Solver++(2M) samples from fixed noise (seed 1234) against the
+  TRAINING split, so the test split that bench/images.py reports stays unseen. It is measured in
+  the first stage only. The discretization error against a many-step reference (`ref_error`) is
+  available but is the wrong target here: the first KLUB sweep lowers FD (0.37 -> 0.30 on 500
+  samples) while raising ref_error (1.41 -> 1.52), so ref_error stopped AYS at its EDM start.
 Reported per stage: wall and CPU seconds, sweeps, and the total KLUB of the stage's start and end
 schedules (and log-linear at the same step count) on one fresh common sample set, with standard errors
 and the paired difference.
@@ -129,7 +130,7 @@ def add_arguments(ap):
     ap.add_argument("--ays-iters", default="5,2,1", help="sweep cap per stage (one value or one per stage)")
     ap.add_argument("--ays-heldout", default="fd", choices=["fd", "ref_error", "none"],
                     help="first-stage early stopping: FD to the training split (default) or the reference error")
-    ap.add_argument("--ays-heldout-n", type=int, default=500)
+    ap.add_argument("--ays-heldout-n", type=int, default=1000)
     ap.add_argument("--ays-patience", type=int, default=2)
     ap.add_argument("--ays-heldout-every-stage", action="store_true",
                     help="also measure the held-out FD in the 20- and 40-step stages (costs ~15 %% more)")

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import table, write  # noqa: E402
+from bench.images_ays import add_arguments as add_ays_arguments  # noqa: E402
 from core.metrics import images as im  # noqa: E402
 from core.models.digits import load_digits_model  # noqa: E402
 from core.sampling import generate, initial_noise  # noqa: E402
@@ -89,16 +90,14 @@ def optimized_schedules(model, nfes, a) -> tuple:
     ays = _module("core.optimizers.ays")
     if ays is not None and not a.no_ays:
         try:
-            from core.optimizers.base import run_to_end
-            t0 = time.perf_counter()
-            opt = ays.AYSOptimizer(model, lambda n, g: data[torch.randint(0, data.shape[0], (n,), generator=g)],
-                                   steps=10, n_samples=a.ays_samples, max_iters=a.ays_iters,
-                                   heldout="ref_error", heldout_n=a.ays_heldout_n, seed=0, chunk=256)
-            run_to_end(opt)
-            info["ays"] = {"seconds": time.perf_counter() - t0, "stages": list(opt.stages),
-                           "n_samples": a.ays_samples, "max_iters": a.ays_iters, "heldout_n": a.ays_heldout_n,
-                           "sigmas_10": list(opt.result(10).sigmas)}
-            out["ays"] = {n: opt.result(n) for n in nfes}
+            reused = _reused_ays(a, nfes)
+            if reused is not None:
+                info["ays"], out["ays"] = reused
+            else:
+                from bench.images_ays import run_ays
+                opt, info["ays"] = run_ays(model, data, a)
+                out["ays"] = {n: opt.result(n) for n in nfes}
+                info["ays"]["schedules"] = {str(n): list(s.sigmas) for n, s in out["ays"].items()}
         except Exception as e:  # an optimizer still in development must not sink the bench
             info["ays"] = {"error": f"{type(e).__name__}: {e}"}
     nu = _module("core.optimizers.nonuniform")
@@ -132,6 +131,32 @@ def optimized_schedules(model, nfes, a) -> tuple:
     return out, info
 
 
+AYS_KEYS = ("stages", "n_samples", "max_iters", "heldout", "heldout_n", "patience", "chunk")
+
+
+def _reused_ays(a, nfes):
+    """(info, {nfe: Schedule}) of an earlier AYS run in bench/results/OUT.json with the same budget
+    (--ays-reuse), else None."""
+    import json
+
+    from bench._common import RESULTS
+    from core.schedules import Schedule
+    p = RESULTS / f"{a.out}.json"
+    if not a.ays_reuse or not p.is_file():
+        return None
+    old = json.loads(p.read_text()).get("optimizers", {}).get("ays", {})
+    want = {"stages": [int(v) for v in a.ays_stages.split(",")], "n_samples": a.ays_samples,
+            "max_iters": [int(v) for v in a.ays_iters.split(",")],
+            "heldout": "fd_train" if a.ays_heldout == "fd" else a.ays_heldout, "heldout_n": a.ays_heldout_n,
+            "patience": a.ays_patience, "chunk": a.ays_chunk}
+    sch = old.get("schedules", {})
+    if any(old.get(k) != want[k] for k in AYS_KEYS) or any(str(n) not in sch for n in nfes):
+        print("AYS: no earlier run with this budget to reuse; optimizing", file=sys.stderr)
+        return None
+    print("AYS: reusing the schedules of the earlier run (--ays-reuse)", file=sys.stderr)
+    return {**old, "reused": True}, {n: Schedule(tuple(sch[str(n)]), name="ays") for n in nfes}
+
+
 def load_digits_train():
     from core.data.digits import load_digits_split
     return load_digits_split().train_x
@@ -153,10 +178,11 @@ def run_cells(model, schedules: dict, solvers, nfes, n, seeds, progress=True, do
                     continue
                 t0 = time.perf_counter()
                 r = im.evaluate_images(model, by_nfe[nfe], solver, n=n, seeds=seeds)
-                row = {"schedule": name, "solver": spec.name, "nfe": r["nfe"], "n": n,
+                row = {"schedule": name, "solver": spec.name, "nfe": r["nfe"], "n": n, "seeds": list(seeds),
                        "sigmas": r["sigmas"], "seconds": time.perf_counter() - t0}
                 for k in ("fd", "kid", "ref_error", "confidence", "balance_max_dev"):
                     row[k], row[k + "_ci"] = r[k], r[k + "_ci"]
+                row["fd_per_seed"] = [p["fd"] for p in r["per_seed"]]      # same noise per seed: pairable
                 rows.append(row)
                 if progress:
                     print(f"{name:13s} {spec.name:13s} NFE {r['nfe']:2d}  FD {r['fd']:.4f}  KID {r['kid']:.4f}"
@@ -177,26 +203,102 @@ def headline(rows, optimized, ns=(6, 10), solver="dpmpp_2m") -> list:
         best_fd, best = min(heur)
         for o in optimized:
             if (o, solver, n) in fd:
-                out.append({"optimized": o, "n": n, "fd_optimized": fd[(o, solver, n)], "heuristic": best,
-                            "nfe_heuristic": m, "fd_heuristic": best_fd,
-                            "holds": fd[(o, solver, n)] <= best_fd})
+                row = {"optimized": o, "n": n, "fd_optimized": fd[(o, solver, n)], "heuristic": best,
+                       "nfe_heuristic": m, "fd_heuristic": best_fd, "holds": fd[(o, solver, n)] <= best_fd}
+                row.update(_paired(rows, (o, solver, n), (best, solver, m)))
+                out.append(row)
     return out
 
 
-def _earlier_cells(out: str, model, n: int, seeds) -> dict:
-    """Rows of an earlier run of this bench on the same weights, n and seeds, keyed by
-    (schedule, solver, sigmas)."""
+def _paired(rows, a, b) -> dict:
+    """FD(a) - FD(b) per seed (every seed has the same initial noise for both) and its 95 % t-interval,
+    when both rows carry fd_per_seed over the same seeds."""
+    from core.metrics.toy import mean_ci
+    by = {(r["schedule"], r["solver"], r["nfe"]): r for r in rows}
+    ra, rb = by.get(a, {}), by.get(b, {})
+    if not (ra.get("fd_per_seed") and rb.get("fd_per_seed")) or ra.get("seeds") != rb.get("seeds"):
+        return {}
+    d = [x - y for x, y in zip(ra["fd_per_seed"], rb["fd_per_seed"])]
+    m, ci = mean_ci(d)
+    return {"fd_diff_paired": m, "fd_diff_paired_ci": ci}
+
+
+def _earlier_rows(out: str, model) -> list:
+    """Every row (`rows` and `earlier_rows`) of an earlier run of this bench on the same weights, each
+    with its own n and seeds."""
     import json
 
     from bench._common import RESULTS
     p = RESULTS / f"{out}.json"
     if not p.is_file():
-        return {}
+        return []
     old = json.loads(p.read_text())
-    if (old.get("model_fingerprint") != im.model_fingerprint(model) or old.get("n") != n
-            or old.get("seeds") != list(seeds)):
-        return {}
-    return {(r["schedule"], r["solver"], tuple(r["sigmas"])): r for r in old.get("rows", [])}
+    if old.get("model_fingerprint") != im.model_fingerprint(model):
+        return []
+    return [{"n": old.get("n"), "seeds": old.get("seeds"), **r} for r in old.get("rows", []) + old.get("earlier_rows", [])]
+
+
+def _earlier_cells(old_rows: list, n: int, seeds) -> dict:
+    """Earlier rows with the same n and seeds, keyed by (schedule, solver, sigmas)."""
+    return {(r["schedule"], r["solver"], tuple(r["sigmas"])): r for r in old_rows
+            if r["n"] == n and r["seeds"] == list(seeds)}
+
+
+def _kept_rows(old_rows: list, rows: list, schedules: dict) -> list:
+    """Earlier rows of cells this run did not measure with the same n and seeds (other solvers, NFEs, n
+    or seeds), minus those of a schedule whose sigmas changed (e.g. a re-optimized AYS): they stay in
+    the JSON as earlier_rows, each with its own n and seeds."""
+    def key(r):
+        return r["schedule"], r["solver"], r["nfe"], r["n"], tuple(r["seeds"])
+    done = {key(r) for r in rows}
+    stale = {name for name, by_nfe in schedules.items() for r in old_rows
+             if r["schedule"] == name and r["nfe"] in by_nfe and list(by_nfe[r["nfe"]].sigmas) != r["sigmas"]}
+    seen, kept = set(), []
+    for r in old_rows:
+        k = key(r)
+        if k not in done and k not in seen and r["schedule"] not in stale:
+            seen.add(k)
+            kept.append(r)
+    return kept
+
+
+def ays_tables(info: dict) -> str:
+    """Per-stage timing and KLUB start/end tables of an AYS info dict (bench.images_ays.run_ays)."""
+    if "per_stage" not in info:
+        return f"ays: {info}"
+    t = table(info["per_stage"], ["stage", "steps", "sweeps", "wall_s", "cpu_s"],
+              f"AYS on digits: {info['seconds']:.0f} s wall, {info['cpu_seconds']:.0f} s CPU "
+              f"({info['threads']} thread(s), load {info['load_average'][0]:.1f} -> {info['load_average'][1]:.1f}; "
+              f"target 600 s), {info['n_samples']} samples/sweep, early stop kept sweep {info['early_stopped_at']}")
+    k = table(info["klub"], ["stage", "steps", "n", "klub_start", "klub_start_se", "klub_end", "klub_end_se",
+                             "klub_end_minus_start", "klub_end_minus_start_se", "klub_loglinear", "klub_loglinear_se"],
+              "AYS KLUB per stage: start vs end schedule (fresh common samples, paired difference)")
+    return t + "\n\n" + k
+
+
+def _ays_only(a):
+    import json
+
+    from bench._common import RESULTS
+    from bench.images_ays import run_ays
+    opt, info = run_ays(load_digits_model(), load_digits_train(), a)
+    nfes = tuple(int(v) for v in a.nfe.split(","))
+    info["schedules"] = {str(n): list(opt.result(n).sigmas) for n in nfes}
+    print(ays_tables(info))
+    p = RESULTS / f"{a.out}.json"
+    if p.is_file():
+        payload = json.loads(p.read_text())
+        payload.setdefault("optimizers", {})["ays"] = info
+        p.write_text(json.dumps(payload, indent=1, default=float))
+        print("updated", p)
+
+
+def _earlier_timing(out: str):
+    import json
+
+    from bench._common import RESULTS
+    p = RESULTS / f"{out}.json"
+    return json.loads(p.read_text()).get("interactive") if p.is_file() else None
 
 
 def _timing_only(out: str):
@@ -223,9 +325,11 @@ def main(argv=None):
     ap.add_argument("--solvers", default=",".join(SOLVERS))
     ap.add_argument("--schedules", default=",".join(HEURISTICS))
     ap.add_argument("--no-ays", action="store_true", help="skip the AYS optimization")
-    ap.add_argument("--ays-samples", type=int, default=128, help="KLUB samples per sweep (paper: 8192)")
-    ap.add_argument("--ays-iters", type=int, default=3, help="sweep cap per stage")
-    ap.add_argument("--ays-heldout-n", type=int, default=128)
+    add_ays_arguments(ap)
+    ap.add_argument("--ays-reuse", action="store_true",
+                    help="reuse the AYS schedules of bench/results/OUT.json when its AYS budget is the same")
+    ap.add_argument("--ays-only", action="store_true",
+                    help="only run AYS (+ its timing and KLUB table) and update it in bench/results/OUT.json")
     ap.add_argument("--no-score", action="store_true", help="skip the score-optimal schedule")
     ap.add_argument("--score-levels", type=int, default=100, help="Stein density grid size")
     ap.add_argument("--score-n", type=int, default=128, help="data samples per level")
@@ -235,10 +339,17 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="n=200, NFE 5,10, dpmpp_2m only, no AYS")
     ap.add_argument("--timing-only", action="store_true",
                     help="only re-measure the interactive timing and update it in bench/results/OUT.json")
+    ap.add_argument("--no-timing", action="store_true",
+                    help="keep the interactive timing of bench/results/OUT.json (measured on an idle machine)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
     ap.add_argument("--out", default="images")
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.timing_only:
         return _timing_only(a.out)
+    if a.ays_only:
+        return _ays_only(a)
     if a.quick:
         a.n, a.nfe, a.solvers, a.no_ays, a.no_score = 200, "5,10", "dpmpp_2m", True, True
     nfes = tuple(int(v) for v in a.nfe.split(","))
@@ -246,17 +357,26 @@ def main(argv=None):
     seeds = tuple(range(a.seeds))
     t_all = time.perf_counter()
     model = load_digits_model()
-    done = _earlier_cells(a.out, model, a.n, seeds) if a.resume else None
-    timing = interactive_timing(model)
+    old_rows = _earlier_rows(a.out, model) if a.resume else []
+    done = _earlier_cells(old_rows, a.n, seeds)
+    timing = _earlier_timing(a.out) if a.no_timing else None
+    if timing is None:
+        timing = interactive_timing(model)
     print(f"64-image grid, NFE 10, dpmpp_2m: {timing['grid_seconds']:.3f} s, overhead x{timing['overhead_ratio']:.3f} "
           f"(CPU time: x{timing['overhead_ratio_cpu']:.3f})", file=sys.stderr)
     heur_nfes = sorted(set(nfes) | ({9} if "dpmpp_2m" in solvers and {6, 10} <= set(nfes) else set()))
     schedules = {h: {k: make_schedule(h, k) for k in heur_nfes} for h in a.schedules.split(",")}
     opt, opt_info = optimized_schedules(model, nfes, a)
+    # headline cells (optimized at 6 / 10, heuristics at 9 / 15) are recomputed when an earlier row lacks
+    # its per-seed FDs, so that the headline can pair them seed by seed
+    need = {(o, 6) for o in opt} | {(o, 10) for o in opt} | {(h, k) for h in schedules for k in (9, 15)}
+    done = {k: r for k, r in done.items() if r.get("fd_per_seed") or r["solver"] != "dpmpp_2m"
+            or (r["schedule"], r["nfe"]) not in need}
     rows = run_cells(model, schedules, ("dpmpp_2m",), [9], a.n, seeds, done=done) if 9 in heur_nfes else []
     for name in schedules:
         schedules[name].pop(9, None)
     rows += run_cells(model, {**schedules, **opt}, solvers, nfes, a.n, seeds, done=done)
+    kept = _kept_rows(old_rows, rows, {**schedules, **opt})
     head = headline(rows, list(opt))
     for metric in ("fd", "kid", "ref_error"):
         trows = []
@@ -272,14 +392,16 @@ def main(argv=None):
                 "Interactive: 64 images, NFE 10, dpmpp_2m"))
     print()
     if head:
-        print(table(head, ["optimized", "n", "fd_optimized", "heuristic", "nfe_heuristic", "fd_heuristic", "holds"],
+        print(table(head, ["optimized", "n", "fd_optimized", "heuristic", "nfe_heuristic", "fd_heuristic", "holds",
+                           "fd_diff_paired", "fd_diff_paired_ci"],
                     "Headline: optimized at n vs best heuristic at 1.5 n (FD, dpmpp_2m)"))
     for k, v in opt_info.items():
-        print(f"{k}: {v}")
+        print(ays_tables(v) if k == "ays" else f"{k}: {v}")
     real = im.frechet_distance(im.real_features("train")[1], im.real_features("test")[1])
     payload = {"n": a.n, "seeds": list(seeds), "nfes": list(nfes), "solvers": list(solvers),
                "model_fingerprint": im.model_fingerprint(model), "fd_real_train_vs_heldout": real,
                "interactive": timing, "optimizers": opt_info, "headline": head, "rows": rows,
+               "earlier_rows": kept,
                "seconds_total": time.perf_counter() - t_all, "load_average_end": os.getloadavg()[0]}
     print("wrote", write(a.out, payload))
 

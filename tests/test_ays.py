@@ -13,7 +13,7 @@ from core.errors import ScheduleLabError
 from core.models import MixtureDenoiser
 from core.objectives.fast_denoiser import mc_denoiser
 from core.objectives.klub import draw_noise, klub_normalizer, klub_samples
-from core.optimizers.ays import AYSOptimizer, candidates, subdivide
+from core.optimizers.ays import AYSOptimizer, candidates, default_stages, nested_stages, resample_exact_ends, subdivide
 from core.optimizers.heldout import HeldoutMetric
 from core.schedules import Schedule, make_schedule
 from toy_data import gaussian, get_toy
@@ -98,7 +98,7 @@ def test_gaussian_data_search_approaches_the_closed_form_optimum():
 
 
 def test_hierarchy_subdivides_nests_and_moves_only_new_points():
-    opt = _opt(steps=4, max_iters=3)
+    opt = _opt(steps=4, stages=(4, 7, 13), max_iters=3)
     evs = list(opt.events())
     assert evs[-1].done and opt.done
     stages = [e.stage for e in evs]
@@ -112,6 +112,36 @@ def test_hierarchy_subdivides_nests_and_moves_only_new_points():
     r6 = opt.result(6)
     assert r6.steps == 6 and r6.sigmas[0] == 80.0 and r6.sigmas[-2] == 0.002
     assert subdivide([8.0, 2.0, 0.5]) == [8.0, 4.0, 2.0, 1.0, 0.5]
+    assert [opt.stage_schedule(k).steps for k in range(3)] == [4, 7, 13]
+    assert opt.stage_inits() == ["start", "subdivide", "subdivide"]
+
+
+def test_paper_stages_10_20_40_resample_loglinearly_and_every_stage_has_its_step_count():
+    """The paper's 10 -> 20 -> 40 (our default for 10 steps): 20 != 2 * 10 - 1, so each later stage
+    starts from the log-linear resampling of the previous optimized schedule (ComfyUI's AYS
+    interpolation) and moves every interior point (the odd and the even half)."""
+    opt = _opt(steps=10, stages=None, n_samples=256, max_iters=2)
+    assert opt.stages == (10, 20, 40) and opt.stage_inits() == ["start", "resample", "resample"]
+    evs = list(opt.events())
+    assert evs[-1].done and sorted({e.stage for e in evs}) == [0, 1, 2]
+    for k, n in enumerate((10, 20, 40)):
+        in_stage = [e for e in evs if e.stage == k and e.iteration > 0]
+        assert in_stage and all(e.schedule.steps == n and e.extra["stage_steps"] == n for e in in_stage)
+        sk = opt.stage_schedule(k)
+        assert sk.steps == n and sk.sigmas[0] == 80.0 and sk.sigmas[-2] == 0.002
+        assert opt.result(n).sigmas == sk.sigmas                       # a stage's own count: exact
+        if k:                                                           # started from the resampled previous stage
+            first = in_stage[0]
+            prev_end = [e for e in evs if e.stage == k - 1][-1]
+            assert "resampled log-linearly" in prev_end.message and first.extra["stage_init"] == "resample"
+            want = resample_exact_ends(opt.stage_schedule(k - 1), n).sigmas
+            assert np.allclose(prev_end.extra["next_sigmas"], want, rtol=1e-12, atol=0)
+            before, after = np.array(want[1:-2]), np.array(first.schedule.sigmas[1:-2])
+            moved = before != after
+            assert moved[0::2].any() and moved[1::2].any()             # both halves move (not only new points)
+    assert opt.finest().steps == 40 and opt.result(15).steps == 15
+    with pytest.raises(ScheduleLabError, match="not finished"):
+        _opt(steps=10, stages=None).stage_schedule(0)
 
 
 def test_early_stopping_keeps_the_best_heldout_sweep():
@@ -123,33 +153,46 @@ def test_early_stopping_keeps_the_best_heldout_sweep():
     assert opt.result().sigmas == evs[2].schedule.sigmas
 
 
+def test_heldout_only_in_the_first_stage_when_asked():
+    calls = []
+    opt = _opt(steps=4, stages=(4, 8), max_iters=[2, 2], heldout_every_stage=False,
+               heldout_fn=lambda s: calls.append(s.steps) or float(len(calls)))
+    evs = list(opt.events())
+    assert set(calls) == {4} and len(calls) == sum(1 for e in evs if e.stage == 0)
+    assert all(e.heldout is None for e in evs if e.stage == 1) and evs[-1].stage == 1
+
+
 RESUME = dict(steps=4, max_iters=4, heldout="nll", heldout_n=128, patience=2)
+STAGES = {"resample": (4, 8, 16), "subdivide": (4, 7, 13)}
 
 
-@pytest.fixture(scope="module")
-def uninterrupted():
-    full = _opt(**RESUME)
+@pytest.fixture(scope="module", params=sorted(STAGES))
+def uninterrupted(request):
+    stages = STAGES[request.param]
+    full = _opt(stages=stages, **RESUME)
     objectives = [e.objective for e in full.events()]
-    return full, objectives
+    assert len({h["stage"] for h in full.history}) == 3                  # the run crosses both transitions
+    return stages, full, objectives
 
 
 def _no_time(history):
     return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
 
-@pytest.mark.parametrize("k", [1, 3, 6])
+@pytest.mark.parametrize("k", [1, 3, 6, 9])
 def test_resume_in_a_new_object_equals_the_uninterrupted_run(uninterrupted, k):
-    full, ref = uninterrupted
-    part = _opt(**RESUME)
+    stages, full, ref = uninterrupted
+    part = _opt(stages=stages, **RESUME)
     it = part.events()
     for _ in range(k):
         next(it)
     state = json.loads(json.dumps(part.state_dict()))
-    fresh = _opt(**RESUME)
+    fresh = _opt(stages=stages, **RESUME)
     fresh.load_state_dict(state)
     rest = [e.objective for e in fresh.events()]
     assert ref[:k] + rest == ref
     assert fresh.result().sigmas == full.result().sigmas and fresh.finest().sigmas == full.finest().sigmas
+    assert [fresh.stage_schedule(i).sigmas for i in range(3)] == [full.stage_schedule(i).sigmas for i in range(3)]
     assert _no_time(fresh.state_dict()["history"]) == _no_time(full.state_dict()["history"])
 
 
@@ -166,8 +209,23 @@ def test_heldout_metrics_improve_with_more_steps():
         HeldoutMetric("nll", model)
 
 
-@pytest.mark.parametrize("kw", [dict(steps=2), dict(stages=(5, 10)), dict(heldout="fid"), dict(n_samples=1),
-                                dict(c=-1.0), dict(max_iters=0), dict(start="nope"), dict(coupling="x")])
+def test_max_iters_per_stage_caps_each_stage():
+    opt = _opt(steps=4, stages=(4, 8, 16), max_iters=[3, 1, 2], n_samples=256)
+    evs = list(opt.events())
+    sweeps = [sum(1 for e in evs if e.stage == k and e.iteration > 0) for k in range(3)]
+    assert all(1 <= n <= cap for n, cap in zip(sweeps, [3, 1, 2])) and sweeps[1] == 1
+    assert evs[-1].done
+    with pytest.raises(ScheduleLabError, match="one cap for each"):
+        _opt(stages=(5, 10), max_iters=[3])
+
+
+def test_default_stages_are_the_papers_doubling_and_nested_stages_subdivide():
+    assert default_stages(10) == (10, 20, 40) and nested_stages(10) == (10, 19, 37)
+    assert default_stages(5, 1) == (5, 10) and nested_stages(5, 0) == (5,)
+
+
+@pytest.mark.parametrize("kw", [dict(steps=2), dict(stages=(5, 5)), dict(stages=(10, 8)), dict(stages=(2, 3)), dict(heldout="fid"), dict(n_samples=1),
+                                dict(c=-1.0), dict(max_iters=0), dict(max_iters=[2, 0, 1]), dict(start="nope"), dict(coupling="x")])
 def test_bad_settings_raise(kw):
     with pytest.raises(ScheduleLabError):
         o = _opt(**kw)
@@ -211,4 +269,18 @@ def test_cli_resume_equals_uninterrupted(tmp_path, capsys):
     curves = json.loads(capsys.readouterr().out)
     assert len(curves["klub"]) == 3 and curves["steps"] == 4
     assert main(base + ["--out", str(tmp_path / "x.json"), "--resume", str(tmp_path / "missing.json")]) == 2
+
+
+def test_cli_accepts_the_papers_stages_and_refuses_non_increasing_ones(tmp_path, capsys):
+    base = ["optimize", "ays", "--toy", "ring8", "--steps", "10", "--samples", "128", "--max-iters", "2,1,1",
+            "--heldout", "none", "--quiet", "--json"]
+    assert main(base + ["--stages", "10,20,40", "--out", str(tmp_path / "a.json")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    state = json.loads((tmp_path / "a.state.json").read_text())
+    assert out["steps"] == 10 and len(out["sigmas"]) == 11
+    assert [len(lv) for lv in state["stage_schedules"]] == [10, 20, 40] and state["done"]
+    assert out["sigmas"] == state["stage_schedules"][0] + [0.0]         # 10 steps = the 10-step stage
+    assert main(base + ["--stages", "10,20,15", "--out", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err
+    assert "must increase" in err and "10,20,40" in err
 

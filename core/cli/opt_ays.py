@@ -20,14 +20,16 @@ def add_arguments(p):
     p.add_argument("--model", default="exact", choices=["exact", "mlp"])
     p.add_argument("--steps", type=int, default=10, help="steps of the written schedule (and first stage)")
     p.add_argument("--stages", default=None,
-                   help="comma-separated step counts, each 2 x previous - 1 (default STEPS,2STEPS-1,4STEPS-3)")
+                   help="comma-separated increasing step counts (default STEPS,2STEPS,4STEPS, e.g. 10,20,40: "
+                        "log-linear resampling between stages; a stage of 2 x previous - 1 steps subdivides "
+                        "exactly and moves only the new points)")
     p.add_argument("--start", default="karras", help="start schedule name or JSON file (karras = EDM rho 7)")
     p.add_argument("--sigma-min", type=float, default=0.002)
     p.add_argument("--sigma-max", type=float, default=80.0)
     p.add_argument("--samples", type=int, default=8192, help="Monte Carlo samples per sweep")
     p.add_argument("--candidates", type=int, default=10, help="candidates besides the current value")
     p.add_argument("--c", type=float, default=0.5, help="importance-sampling constant (data scale)")
-    p.add_argument("--max-iters", type=int, default=100, help="sweep cap per stage")
+    p.add_argument("--max-iters", default="100", help="sweep cap per stage, or one per stage (e.g. 5,2,1)")
     p.add_argument("--heldout", default="auto", help="auto | nll | swd | ref_error | none")
     p.add_argument("--patience", type=int, default=8, help="first-stage sweeps without held-out gain")
     p.add_argument("--solver", default="dpmpp_2m_sde", help="solver of the held-out metric")
@@ -61,7 +63,18 @@ def parse_stages(text):
     try:
         return tuple(int(x) for x in str(text).split(",") if x.strip())
     except ValueError:
-        raise ScheduleLabError(f"--stages must be comma-separated integers such as 10,19,37; got {text!r}") from None
+        raise ScheduleLabError(f"--stages must be comma-separated integers such as 10,20,40; got {text!r}") from None
+
+
+def parse_max_iters(text):
+    try:
+        caps = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ScheduleLabError(f"--max-iters must be an integer or comma-separated integers (one per stage); "
+                               f"got {text!r}") from None
+    if not caps:
+        raise ScheduleLabError("--max-iters is empty; give e.g. 100 or 5,2,1")
+    return caps[0] if len(caps) == 1 else caps
 
 
 def run(a) -> int:
@@ -95,7 +108,7 @@ def _run(a, part, device) -> int:
     chunk = a.chunk or (DEFAULT_CHUNK if device.type == "cpu" else 1 << 18)
     opt = AYSOptimizer(model, mix.sample, steps=a.steps, stages=parse_stages(a.stages), start=start,
                        sigma_min=a.sigma_min, sigma_max=a.sigma_max, n_samples=a.samples,
-                       n_candidates=a.candidates, c=a.c, max_iters=a.max_iters, heldout=heldout,
+                       n_candidates=a.candidates, c=a.c, max_iters=parse_max_iters(a.max_iters), heldout=heldout,
                        patience=a.patience, heldout_solver=a.solver, heldout_n=a.heldout_n, mixture=mix,
                        seed=a.seed, chunk=chunk, dtype=getattr(torch, a.dtype), partition=part)
     out = Path(a.out)

@@ -9,14 +9,18 @@ App. B; methods.md section 4).
     stop:  a sweep that changes nothing, or max_iters sweeps; in the first stage also early
            stopping on a held-out metric (patience, best kept) -- the paper's remedy for
            over-optimizing the bound, with no numeric rule given (ours)
-    then:  subdivide (geometric mean in every interval) and optimize only the new points
-    final: log-linear interpolation of the finest schedule to any step count
+    then:  the next stage: if it has 2n - 1 steps, insert the geometric mean in every interval and
+           optimize only the new points (exact nesting); any other count, e.g. the paper's
+           10 -> 20 -> 40, starts from a log-linear resampling of the optimized schedule (the
+           ComfyUI AYS way, core.schedules.resample_loglinear) and optimizes every interior point
+    final: log-linear interpolation of the finest schedule to any step count; a stage's own step
+           count returns that stage's optimized schedule exactly
 
 Step counts. A schedule of n steps has n positive levels (the last is sigma_min) and n - 1 KLUB
 intervals; the final jump to 0 has none. Inserting a geometric mean in every interval turns n
-steps into 2n - 1, so the hierarchy is (n, 2n - 1, 4n - 3), e.g. 10 -> 19 -> 37: the paper's
-10 -> 20 -> 40 counts intervals between 11 -> 21 -> 41 levels. The stages nest exactly:
-`result(stages[0])` returns the first-stage schedule itself.
+steps into 2n - 1 (10 -> 19 -> 37 nests exactly); the default stages (n, 2n, 4n), e.g. the
+paper's 10 -> 20 -> 40, are reached by log-linear resampling instead. Both may be mixed: any
+strictly increasing stage list works, and the events say how each stage was initialised.
 """
 from __future__ import annotations
 
@@ -40,11 +44,27 @@ CONFIG_KEYS = ("steps", "stages", "n_samples", "n_candidates", "c", "max_iters",
 
 
 def default_stages(steps: int, subdivisions: int = 2) -> tuple:
-    """(steps, 2 steps - 1, 4 steps - 3, ...): each stage inserts a point in every interval."""
+    """(steps, 2 steps, 4 steps, ...): the paper's 10 -> 20 -> 40 (each later stage starts from a
+    log-linear resampling of the previous one; see `stage_init`)."""
+    out = [steps]
+    for _ in range(subdivisions):
+        out.append(2 * out[-1])
+    return tuple(out)
+
+
+def nested_stages(steps: int, subdivisions: int = 2) -> tuple:
+    """(steps, 2 steps - 1, 4 steps - 3, ...): each stage inserts a geometric mean in every interval."""
     out = [steps]
     for _ in range(subdivisions):
         out.append(2 * out[-1] - 1)
     return tuple(out)
+
+
+def stage_init(prev: int, nxt: int) -> str:
+    """How a stage of `nxt` steps starts from an optimized `prev`-step schedule: "subdivide"
+    (nxt = 2 prev - 1: geometric midpoints, only they move) or "resample" (log-linear
+    interpolation, every interior point moves)."""
+    return "subdivide" if nxt == 2 * prev - 1 else "resample"
 
 
 def subdivide(levels: list) -> list:
@@ -81,13 +101,15 @@ class AYSOptimizer(Optimizer):
         sigma_min, sigma_max: fixed ends (default: the model's).
         n_samples: Monte Carlo samples per sweep (paper: 8192); c: importance constant (0.5).
         n_candidates: values tried besides the current one (paper: 10).
-        max_iters: sweep cap per stage (paper: < 300).
+        max_iters: sweep cap per stage (paper: < 300), or one cap per stage (a list as long as stages).
         heldout: "auto" (nll with a known mixture, else ref_error) | "nll" | "swd" | "ref_error" | None.
         heldout_fn: schedule -> float (lower is better); overrides `heldout`.
         patience: first-stage sweeps without held-out improvement before stopping early (8: on
             grid8x8 the NLL plateaus for up to 5 sweeps before improving again; bench/ays.py).
         min_delta: improvement smaller than this does not count.
         heldout_solver, heldout_n, heldout_seed: how the metric samples.
+        heldout_every_stage: measure the held-out metric after every sweep of every stage (the curve
+            the app plots; default) or only in the first stage, where it decides (saves its cost).
         mixture: exact GaussianMixture of the data (for nll), if known.
         seed: seed of the torch.Generator that draws every sweep's samples.
         chunk: denoiser rows per call; coupling: "bridge" | "forward" (core.objectives.klub).
@@ -99,17 +121,22 @@ class AYSOptimizer(Optimizer):
 
     def __init__(self, model, sampler, steps: int = 10, stages=None, start="karras",
                  sigma_min: float | None = None, sigma_max: float | None = None,
-                 n_samples: int = 8192, n_candidates: int = 10, c: float = 0.5, max_iters: int = 100,
+                 n_samples: int = 8192, n_candidates: int = 10, c: float = 0.5, max_iters=100,
                  heldout: str | None = "auto", heldout_fn=None, patience: int = 8, min_delta: float = 0.0,
                  heldout_solver: str = "dpmpp_2m_sde", heldout_n: int = 8192, heldout_seed: int = 1234,
                  mixture=None, seed: int = 0, chunk: int = DEFAULT_CHUNK, coupling: str = "bridge",
-                 dtype=torch.float32, partition: Partition | None = None):
+                 dtype=torch.float32, partition: Partition | None = None, heldout_every_stage: bool = True):
+        caps = list(max_iters) if isinstance(max_iters, (list, tuple)) else [max_iters]
         for name, v, lo in (("steps", steps, 3), ("n_samples", n_samples, 2), ("n_candidates", n_candidates, 1),
-                            ("max_iters", max_iters, 1), ("patience", patience, 1), ("chunk", chunk, 1)):
+                            *(("max_iters", m, 1) for m in caps), ("patience", patience, 1), ("chunk", chunk, 1)):
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ScheduleLabError(f"AYS {name} must be an integer >= {lo}; got {v!r}")
         self.stages = tuple(stages) if stages is not None else default_stages(steps)
         _check_stages(self.stages)
+        if isinstance(max_iters, (list, tuple)) and len(caps) != len(self.stages):
+            raise ScheduleLabError(f"AYS max_iters per stage needs one cap for each of the {len(self.stages)} "
+                                   f"stages {list(self.stages)}; got {caps}")
+        max_iters = caps if isinstance(max_iters, (list, tuple)) else max_iters
         self.model, self.sampler, self.steps = model, sampler, steps
         self.c = _check_c(c)
         self.n_samples, self.n_candidates, self.max_iters = n_samples, n_candidates, max_iters
@@ -124,6 +151,7 @@ class AYSOptimizer(Optimizer):
         if mixture is None and hasattr(model, "mixture"):
             mixture = model.mixture
         self.heldout_solver, self.heldout_n, self.heldout_seed = heldout_solver, heldout_n, int(heldout_seed)
+        self.heldout_every_stage = bool(heldout_every_stage)
         if heldout_fn is not None:
             self.heldout, self._metric = "custom", heldout_fn
         else:
@@ -155,6 +183,7 @@ class AYSOptimizer(Optimizer):
         self._gen = torch.Generator().manual_seed(self.seed)
         self._history, self._best, self._bad = [], None, 0
         self._early_stopped_at, self._started, self._done = None, False, False
+        self._stage_schedules = []                 # the final levels of every finished stage
 
     def config(self) -> dict:
         return {"steps": self.steps, "stages": list(self.stages), "n_samples": self.n_samples,
@@ -194,11 +223,12 @@ class AYSOptimizer(Optimizer):
         moved, per, total, total_se = self._coordinate_sweep()
         self._iteration += 1
         self._stage_iter += 1
-        h = self._heldout_value()
+        h = self._heldout_value() if stage == 0 or self.heldout_every_stage else None
         swept = list(self._levels)
-        end = moved == 0 or self._stage_iter >= self.max_iters
+        cap = self.max_iters[stage] if isinstance(self.max_iters, list) else self.max_iters
+        end = moved == 0 or self._stage_iter >= cap
         why = "converged (no point moved)" if moved == 0 else (
-            f"iteration cap {self.max_iters}" if end else f"{moved} point(s) moved")
+            f"iteration cap {cap}" if end else f"{moved} point(s) moved")
         if stage == 0 and h is not None:
             if h < self._best["heldout"] - self.min_delta:
                 self._best = {"heldout": h, "levels": swept, "iteration": self._iteration}
@@ -212,10 +242,16 @@ class AYSOptimizer(Optimizer):
                 self._early_stopped_at = self._best["iteration"]
                 why += f"; keeping sweep {self._best['iteration']} (best held-out {self._best['heldout']:.4g})"
         if end:
+            self._stage_schedules.append(list(self._levels))
             if stage + 1 < len(self.stages):
-                self._levels = subdivide(self._levels)
+                nxt = self.stages[stage + 1]
+                if stage_init(self.stages[stage], nxt) == "subdivide":
+                    self._levels = subdivide(self._levels)
+                    why += f"; subdivided to {nxt} steps (geometric midpoints; only the new points move)"
+                else:
+                    self._levels = self._resampled(self._levels, nxt)
+                    why += f"; resampled log-linearly to {nxt} steps (every interior point moves)"
                 self._stage, self._stage_iter = stage + 1, 0
-                why += f"; subdivided to {self.stages[stage + 1]} steps"
             else:
                 self._done = True
         return self._record(total, total_se, per, h, stage, self._done, why, time.perf_counter() - t0,
@@ -228,7 +264,7 @@ class AYSOptimizer(Optimizer):
         noise = slice_noise(draw_noise(self.sampler, self.n_samples, self._gen), p.slice(self.n_samples))
         L = torch.tensor(self._levels, dtype=torch.float64)
         inner = list(range(1, len(L) - 1))
-        halves = [inner[0::2], inner[1::2]] if self._stage == 0 else [inner[0::2]]
+        halves = [inner[0::2], inner[1::2]] if self._moves_all() else [inner[0::2]]
         vals, moved = {}, 0                      # interval i = (L[i+1], L[i]) -> per-sample terms
         for idx in halves:
             if not idx:
@@ -252,6 +288,15 @@ class AYSOptimizer(Optimizer):
         per, _, _ = mean_se(V, p)
         total, total_se, _ = mean_se(V.sum(0, keepdim=True), p)
         return moved, per.tolist(), float(total), float(total_se)
+
+    def _moves_all(self) -> bool:
+        """Every interior point moves in stage 0 and in resampled stages; after a subdivision
+        only the new (odd) points do."""
+        k = self._stage
+        return k == 0 or stage_init(self.stages[k - 1], self.stages[k]) == "resample"
+
+    def _resampled(self, levels: list, steps: int) -> list:
+        return list(resample_exact_ends(Schedule(tuple(levels) + (0.0,)), steps).sigmas[:-1])
 
     def _evaluate(self, levels):
         """KLUB of every interval of `levels` with a fresh draw (the start event)."""
@@ -277,13 +322,24 @@ class AYSOptimizer(Optimizer):
         sched = Schedule(tuple(levels) + (0.0,), name="ays", params=self._params())
         extra = {"per_interval": per, "objective_se": total_se, "early_stopped_at": self._early_stopped_at,
                  "moved": moved, "stage_steps": len(levels), "heldout_name": self.heldout,
-                 "seconds": seconds, "next_sigmas": list(self._levels) + [0.0]}
+                 "stage_init": self.stage_inits()[stage], "seconds": seconds,
+                 "next_sigmas": list(self._levels) + [0.0]}
         return ProgressEvent("ays", self._iteration, sched, total, h, stage, done, message, extra)
 
     # ---- results and state ------------------------------------------------------------------
     def _params(self) -> dict:
         return {"method": "ays", "c": self.c, "n_samples": self.n_samples, "seed": self.seed,
                 "stages": list(self.stages), "heldout": self.heldout, "model": getattr(self.model, "name", "")}
+
+    def stage_inits(self) -> list:
+        """How each stage starts: "start" (stage 0), then "subdivide" or "resample" (`stage_init`)."""
+        return ["start"] + [stage_init(a, b) for a, b in zip(self.stages[:-1], self.stages[1:])]
+
+    def stage_schedule(self, k: int) -> Schedule:
+        """The optimized schedule of finished stage k (stages[k] steps)."""
+        if not 0 <= k < len(self._stage_schedules):
+            raise ScheduleLabError(f"AYS stage {k} has not finished yet ({len(self._stage_schedules)} finished)")
+        return Schedule(tuple(self._stage_schedules[k]) + (0.0,), name="ays", params=self._params())
 
     def finest(self) -> Schedule:
         """The current finest schedule (first stage: the best held-out one so far)."""
@@ -293,12 +349,17 @@ class AYSOptimizer(Optimizer):
         return Schedule(tuple(lv) + (0.0,), name="ays", params=self._params())
 
     def result(self, steps: int | None = None) -> Schedule:
-        """The optimized schedule at `steps` steps (default self.steps): log-linear interpolation of
-        the finest schedule (exact first-stage points when steps == stages[0])."""
+        """The optimized schedule at `steps` steps (default self.steps): a finished stage with that
+        step count exactly, else log-linear interpolation of the finest schedule (exact nested
+        points when the finest subdivides `steps`)."""
         steps = self.steps if steps is None else steps
         if not isinstance(steps, int) or steps < 2:
             raise ScheduleLabError(f"result steps must be an integer >= 2; got {steps!r}")
         f = self.finest()
+        for k, lv in enumerate(self._stage_schedules):
+            if len(lv) == steps:
+                return Schedule(tuple(lv) + (0.0,), name="ays", params={**self._params(), "stage": k,
+                                                                        "finest_sigmas": list(f.sigmas)})
         lv = list(f.sigmas[:-1])
         if (len(lv) - 1) % (steps - 1) == 0:           # nested stage: take its points exactly
             lv = lv[:: (len(lv) - 1) // (steps - 1)]
@@ -319,7 +380,7 @@ class AYSOptimizer(Optimizer):
                 "stage": self._stage, "stage_iter": self._stage_iter, "iteration": self._iteration,
                 "rng": self._gen.get_state().tolist(), "history": self._history, "best": self._best,
                 "bad": self._bad, "early_stopped_at": self._early_stopped_at,
-                "started": self._started, "done": self._done}
+                "stage_schedules": self._stage_schedules, "started": self._started, "done": self._done}
 
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
@@ -338,10 +399,14 @@ class AYSOptimizer(Optimizer):
             self._gen.set_state(torch.tensor(state["rng"], dtype=torch.uint8))
             self._history, self._best, self._bad = list(state["history"]), state["best"], int(state["bad"])
             self._early_stopped_at = state["early_stopped_at"]
+            self._stage_schedules = [[float(x) for x in lv] for lv in state.get("stage_schedules", [])]
             self._started, self._done = bool(state["started"]), bool(state["done"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise ScheduleLabError(f"the saved AYS state is incomplete or corrupt ({e}); start a new run") from None
-        if not 0 <= self._stage < len(self.stages) or len(levels) != self.stages[self._stage]:
+        done_stages = self._stage + int(self._done)
+        if (not 0 <= self._stage < len(self.stages) or len(levels) != self.stages[self._stage]
+                or len(self._stage_schedules) != done_stages
+                or any(len(lv) != n for lv, n in zip(self._stage_schedules, self.stages))):
             raise ScheduleLabError("the saved AYS state does not match its stages; start a new run")
 
 
@@ -350,9 +415,10 @@ def _check_stages(stages: tuple):
         raise ScheduleLabError(f"AYS stages must be a non-empty list of step counts; got {stages!r}")
     if stages[0] < 3:
         raise ScheduleLabError(f"the first AYS stage needs >= 3 steps (an interior point to move); got {stages[0]}")
+    n = stages[0]
     for s, t in zip(stages[:-1], stages[1:]):
-        if t != 2 * s - 1:
+        if t <= s:
             raise ScheduleLabError(
-                f"AYS stage after {s} steps must have {2 * s - 1}: a geometric mean is inserted in each of "
-                f"the {s - 1} intervals between positive levels (the paper's 10 -> 20 -> 40 counts "
-                f"intervals, i.e. our {s} -> {2 * s - 1} -> {4 * s - 3} steps); got {t}")
+                f"AYS stages must increase (each refines the previous one); got {t} steps after {s}. "
+                f"Use e.g. {n},{2 * n},{4 * n} (log-linear resampling between stages, the paper's 10 -> 20 -> 40) "
+                f"or {n},{2 * n - 1},{4 * n - 3} (exact midpoint subdivision)")

@@ -34,7 +34,7 @@ from core.models import Denoiser, MixtureDenoiser  # noqa: E402
 from core.objectives.fast_denoiser import FastMixtureDenoiser  # noqa: E402
 from core.objectives.klub import (_gap, draw_noise, klub_normalizer, klub_samples,  # noqa: E402
                                   sample_sigma)
-from core.optimizers.ays import AYSOptimizer, candidates  # noqa: E402
+from core.optimizers.ays import AYSOptimizer, candidates, nested_stages  # noqa: E402
 from core.schedules import make_schedule  # noqa: E402
 from toy_data import get_toy  # noqa: E402
 
@@ -181,6 +181,9 @@ def empirical_se(mix, n, c, k, repeats, points=(5, 8)):
 
 # ---- (b) hierarchy and (c) NLL ---------------------------------------------------------------
 def run_hierarchy(model, mix, n, seed, steps=10, stages=None):
+    """The hierarchy measured in bench/results/ays.json: nested subdivision (10 -> 19 -> 37, only the new
+    points move) unless `stages` is given (the optimizer's default is now 10 -> 20 -> 40 by resampling)."""
+    stages = nested_stages(steps) if stages is None else stages
     opt = AYSOptimizer(model, mix.sample, steps=steps, stages=stages, n_samples=n, seed=seed, mixture=mix)
     with Clock() as t:
         evs = list(opt.events())

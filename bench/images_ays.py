@@ -25,25 +25,13 @@ import time
 
 import torch
 
-from core.metrics import images as im
 from core.objectives.klub import draw_noise, klub_samples, mean_se
+from core.optimizers.heldout import FDHeldout
 from core.schedules import Schedule, make_schedule
 
 
 def data_sampler(data: torch.Tensor):
     return lambda n, g: data[torch.randint(0, data.shape[0], (n,), generator=g)]
-
-
-class FDHeldout:
-    """schedule -> FD of `n` dpmpp_2m samples (fixed noise `seed`) to the training split's features."""
-
-    def __init__(self, model, n: int = 500, seed: int = 1234, solver: str = "dpmpp_2m"):
-        self.model, self.n, self.seed, self.solver = model, n, seed, solver
-        self.real = im.real_features("train")[1]
-
-    def __call__(self, schedule: Schedule) -> float:
-        x, _, _ = im.sample_images(self.model, schedule, self.solver, self.n, self.seed)
-        return im.frechet_distance(im.classify(x)[1], self.real)
 
 
 def klub_totals(model, sampler, schedules: dict, n: int, seed: int, chunk: int) -> dict:

@@ -15,8 +15,8 @@ NU_EVENT_FACTOR = 20     # DM-NonUniform yields one cheap event per trust-constr
 # knob -> (label, help)
 KNOBS = {
     "steps": ("Steps", "steps of the final schedule (AYS: of the first stage)"),
-    "stages": ("Stages", "AYS hierarchy: optimize at `steps`, then insert the geometric mean in every interval "
-                         "and optimize the new points (steps -> 2 steps - 1 -> 4 steps - 3; AYS Sec. 3.3)"),
+    "stages": ("Stages", "AYS hierarchy (Sec. 3.3): optimize at `steps`, then at 2 x and 4 x steps (10 -> 20 -> 40 "
+                         "as in the paper), each stage starting from a log-linear resampling of the previous one"),
     "n_samples": ("Samples", "AYS: Monte Carlo samples per sweep; score-optimal: data samples per noise level"),
     "n_candidates": ("Candidates", "AYS: values tried per point and sweep besides the current one, log-spaced "
                                    "between its neighbours (paper: 10)"),

@@ -13,6 +13,7 @@ from scipy.optimize import brentq
 from core.cli import main
 from core.errors import ScheduleLabError
 from core.models.registry import load_model, model_data
+from core.schedules import make_schedule
 
 C, SHAPE = 0.5, (1, 4, 4)
 D = int(np.prod(SHAPE))
@@ -93,3 +94,56 @@ def test_score_optimal_cli_needs_a_toy_or_a_model(capsys):
     assert "--toy" in capsys.readouterr().err
     assert main(["optimize", "score-optimal", "--toy", "moons", "--model", "digits", "--steps", "4",
                  "--out", "x.json"]) == 2
+
+
+# ---- Align Your Steps on image models -----------------------------------------------------------
+def _klub_gauss(sig, c=0.5, d=D):
+    """Total KLUB of the levels sig (sigma_max .. sigma_min) for N(0, c^2 I_d) data: sum_i Z(s_{i+1}, s_i) d c^4
+    (methods.md s.4: D(x, s) = c^2 x / (c^2 + s^2) makes the Monte Carlo ratio exactly d c^4)."""
+    G = lambda s: -1 / (2 * c * c * s * s) - np.log(s) / c ** 4 + np.log(s * s + c * c) / (2 * c ** 4)  # noqa: E731
+    Z = lambda a, b: G(b) - G(a) - (1 / (b * b + c * c)) * (1 / (2 * a * a) - 1 / (2 * b * b))      # noqa: E731
+    return sum(Z(sig[i + 1], sig[i]) for i in range(len(sig) - 1)) * d * c ** 4
+
+
+def test_ays_cli_on_an_image_model_reaches_the_closed_form_klub_minimum(gauss_spec, tmp_path, capsys):
+    from scipy.optimize import minimize
+    x = C * np.random.default_rng(0).standard_normal((2000, *SHAPE)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", images=x)
+    out = tmp_path / "ays.json"
+    args = ["optimize", "ays", "--model", gauss_spec, "--data", str(tmp_path / "data.npz"), "--steps", "6",
+            "--stages", "6", "--samples", "2048", "--max-iters", "15", "--heldout", "none", "--quiet",
+            "--out", str(out), "--json"]
+    for p in PARAMS:
+        args += ["--param", p]
+    assert main(args) == 0
+    got = json.loads(capsys.readouterr().out)["sigmas"][:-1]
+    start = [float(v) for v in make_schedule("karras", 6, 0.002, 80.0).sigmas[:-1]]
+    best = minimize(lambda u: _klub_gauss([80.0, *np.exp(u), 0.002]), np.log(start[1:-1]), method="Nelder-Mead",
+                    options={"maxiter": 20000, "xatol": 1e-10, "fatol": 1e-10}).fun
+    assert _klub_gauss(got) < 1.25 * best < 0.1 * _klub_gauss(start), (_klub_gauss(got), best)
+
+
+def test_ays_cli_on_digits_stops_early_on_fd_to_the_training_split_and_resumes(tmp_path, capsys):
+    out = tmp_path / "a.json"
+    args = ["optimize", "ays", "--model", "digits", "--steps", "4", "--stages", "4,8", "--samples", "8",
+            "--max-iters", "2,1", "--heldout-n", "50", "--quiet", "--out", str(out), "--json"]
+    assert main(args) == 0
+    cap = capsys.readouterr()
+    assert "data: digits training split" in cap.err
+    res = json.loads(cap.out)
+    assert res["steps"] == 4 and res["heldout"] is not None and math.isfinite(res["heldout"])
+    state = tmp_path / "a.state.json"
+    assert state.is_file()
+    assert main(args + ["--resume", str(state)]) == 0                  # a finished run resumes to the same result
+    again = json.loads(capsys.readouterr().out)
+    assert again["sigmas"] == res["sigmas"] and again["resumed"]
+
+
+def test_ays_cli_heldout_choices_fit_the_model(gauss_spec, capsys):
+    assert main(["optimize", "ays", "--toy", "moons", "--heldout", "fd", "--out", "x.json"]) == 2
+    args = ["optimize", "ays", "--model", gauss_spec, "--heldout", "fd", "--out", "x.json"]
+    for p in PARAMS:
+        args += ["--param", p]
+    assert main(args) == 2
+    assert "digits classifier" in capsys.readouterr().err
+    assert main(["optimize", "ays", "--out", "x.json"]) == 2

@@ -1,6 +1,9 @@
-"""Align Your Steps: optimize a schedule on a toy's KLUB (hierarchical, resumable, distributed).
+"""Align Your Steps: optimize a schedule on a toy's or an image model's KLUB (hierarchical,
+resumable, distributed).
 
     python -m core optimize ays --toy grid8x8 --steps 10 --out ays.json
+    python -m core optimize ays --model digits --out ays_digits.json          # 10 -> 20 -> 40, ~7 min CPU
+    python -m core optimize ays --model ./unet-folder --data images/ --out ays.json
     python -m core optimize ays --toy grid8x8 --steps 10 --out ays.json --resume ays.state.json
     torchrun --nproc_per_node 2 -m core optimize ays --toy grid8x8 --distributed --out ays.json
 
@@ -16,24 +19,34 @@ from core.errors import ScheduleLabError
 
 
 def add_arguments(p):
-    p.add_argument("--toy", required=True, help="toy name or mixture JSON file")
-    p.add_argument("--model", default="exact", choices=["exact", "mlp"])
+    p.add_argument("--toy", default=None, help="toy name or mixture JSON file")
+    p.add_argument("--model", default=None,
+                   help="with --toy: exact (default) | mlp; without: an image model (digits, a diffusers folder, "
+                        "a UNet .safetensors, module.py:Class with --weights)")
+    p.add_argument("--data", default=None, help="image model: a PNG folder or .npz of data images (default: its "
+                                                "training split if it ships with one, else its own cached samples)")
+    p.add_argument("--weights", default=None, help="image model module.py:Class: its weights file")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="image model module.py:Class: constructor / wrapper parameters")
     p.add_argument("--steps", type=int, default=10, help="steps of the written schedule (and first stage)")
     p.add_argument("--stages", default=None,
                    help="comma-separated increasing step counts (default STEPS,2STEPS,4STEPS, e.g. 10,20,40: "
                         "log-linear resampling between stages; a stage of 2 x previous - 1 steps subdivides "
                         "exactly and moves only the new points)")
     p.add_argument("--start", default="karras", help="start schedule name or JSON file (karras = EDM rho 7)")
-    p.add_argument("--sigma-min", type=float, default=0.002)
-    p.add_argument("--sigma-max", type=float, default=80.0)
-    p.add_argument("--samples", type=int, default=8192, help="Monte Carlo samples per sweep")
+    p.add_argument("--sigma-min", type=float, default=None, help="default: 0.002 (toys) or the model's")
+    p.add_argument("--sigma-max", type=float, default=None, help="default: 80 (toys) or the model's")
+    p.add_argument("--samples", type=int, default=None, help="Monte Carlo samples per sweep (toys 8192, images 96)")
     p.add_argument("--candidates", type=int, default=10, help="candidates besides the current value")
     p.add_argument("--c", type=float, default=0.5, help="importance-sampling constant (data scale)")
-    p.add_argument("--max-iters", default="100", help="sweep cap per stage, or one per stage (e.g. 5,2,1)")
-    p.add_argument("--heldout", default="auto", help="auto | nll | swd | ref_error | none")
-    p.add_argument("--patience", type=int, default=8, help="first-stage sweeps without held-out gain")
-    p.add_argument("--solver", default="dpmpp_2m_sde", help="solver of the held-out metric")
-    p.add_argument("--heldout-n", type=int, default=8192)
+    p.add_argument("--max-iters", default=None,
+                   help="sweep cap per stage, or one per stage (toys 100, images 5,2,1)")
+    p.add_argument("--heldout", default="auto",
+                   help="auto | nll | swd | ref_error | fd | none (auto: nll on toys; fd to the training split for "
+                        "models with the digits metrics; none for other image models)")
+    p.add_argument("--patience", type=int, default=None, help="first-stage sweeps without held-out gain (toys 8, images 2)")
+    p.add_argument("--solver", default=None, help="solver of the held-out metric (toys dpmpp_2m_sde, images dpmpp_2m)")
+    p.add_argument("--heldout-n", type=int, default=None, help="held-out samples (toys 8192, images 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk", type=int, default=None, help="denoiser rows per call")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
@@ -55,6 +68,53 @@ def toy_model_and_data(toy: str, kind: str, device):
     mix = get_toy(toy)
     model = MixtureDenoiser(mix).to(device) if kind == "exact" else load_toy_model(toy, "mlp", device)
     return model, mix
+
+
+TOY_DEFAULTS = {"samples": 8192, "max_iters": "100", "patience": 8, "solver": "dpmpp_2m_sde", "heldout_n": 8192,
+                "chunk": None}
+# measured on digits (bench/images_ays.py, docs/ays.md): 10 -> 20 -> 40 in ~7 CPU minutes
+IMAGE_DEFAULTS = {"samples": 96, "max_iters": "5,2,1", "patience": 2, "solver": "dpmpp_2m", "heldout_n": 1000,
+                  "chunk": 256}
+
+
+def _model_and_data(a, device):
+    """(model, sampler, mixture or None, settings, heldout name, heldout_fn) for --toy or an image --model."""
+    import sys
+    pick = lambda d: {k: (getattr(a, k) if getattr(a, k, None) is not None else v) for k, v in d.items()}  # noqa: E731
+    heldout = None if a.heldout in ("none", "None", "") else a.heldout
+    if a.toy is not None:
+        if a.model not in (None, "exact", "mlp"):
+            raise ScheduleLabError(f"with --toy, --model is exact or mlp; got {a.model!r}")
+        model, mix = toy_model_and_data(a.toy, a.model or "exact", device)
+        d = pick(TOY_DEFAULTS)
+        d["sigma_min"] = 0.002 if a.sigma_min is None else a.sigma_min
+        d["sigma_max"] = 80.0 if a.sigma_max is None else a.sigma_max
+        if heldout == "fd":
+            raise ScheduleLabError("--heldout fd needs an image model with the digits metrics; toys use nll or swd")
+        return model, mix.sample, mix, d, heldout, None
+    if a.model is None:
+        raise ScheduleLabError("give --toy TOY (a 2-D toy) or --model MODEL (an image model; see `python -m core models`)")
+    from core.cli import parse_params
+    from core.models.registry import load_model, model_data, model_entry
+    from core.optimizers.heldout import FDHeldout
+    model = load_model(a.model, device, weights=a.weights, params=parse_params(a.param))
+    data = model_data(a.model, model, a.data)
+    print(f"data: {data.source}" + (" - AYS then fits the model's own samples, not data" if data.generated else ""),
+          file=sys.stderr)
+    d = pick(IMAGE_DEFAULTS)
+    d["sigma_min"] = model.sigma_min if a.sigma_min is None else a.sigma_min
+    d["sigma_max"] = model.sigma_max if a.sigma_max is None else a.sigma_max
+    digits = getattr(model_entry(a.model), "metrics", None) == "digits"
+    if heldout == "auto":
+        heldout = "fd" if digits else None
+    if heldout in ("nll", "swd"):
+        raise ScheduleLabError(f"--heldout {heldout} is for toys; image models take fd (digits), ref_error or none")
+    if heldout == "fd":
+        if not digits:
+            raise ScheduleLabError("--heldout fd needs the digits classifier (the shipped digits model); use "
+                                   "ref_error or none for this model")
+        return model, data, None, d, None, FDHeldout(model, d["heldout_n"], solver=d["solver"])
+    return model, data, None, d, heldout, None
 
 
 def parse_stages(text):
@@ -102,15 +162,15 @@ def _run(a, part, device) -> int:
     from core.optimizers.base import Optimizer
     from core.schedules import Schedule
 
-    model, mix = toy_model_and_data(a.toy, a.model, device)
+    model, sampler, mix, d, heldout, heldout_fn = _model_and_data(a, device)
     start = Schedule.load(a.start) if a.start.endswith(".json") or Path(a.start).is_file() else a.start
-    heldout = None if a.heldout in ("none", "None", "") else a.heldout
-    chunk = a.chunk or (DEFAULT_CHUNK if device.type == "cpu" else 1 << 18)
-    opt = AYSOptimizer(model, mix.sample, steps=a.steps, stages=parse_stages(a.stages), start=start,
-                       sigma_min=a.sigma_min, sigma_max=a.sigma_max, n_samples=a.samples,
-                       n_candidates=a.candidates, c=a.c, max_iters=parse_max_iters(a.max_iters), heldout=heldout,
-                       patience=a.patience, heldout_solver=a.solver, heldout_n=a.heldout_n, mixture=mix,
-                       seed=a.seed, chunk=chunk, dtype=getattr(torch, a.dtype), partition=part)
+    chunk = a.chunk or d["chunk"] or (DEFAULT_CHUNK if device.type == "cpu" else 1 << 18)
+    opt = AYSOptimizer(model, sampler, steps=a.steps, stages=parse_stages(a.stages), start=start,
+                       sigma_min=d["sigma_min"], sigma_max=d["sigma_max"], n_samples=d["samples"],
+                       n_candidates=a.candidates, c=a.c, max_iters=parse_max_iters(d["max_iters"]), heldout=heldout,
+                       heldout_fn=heldout_fn, patience=d["patience"], heldout_solver=d["solver"],
+                       heldout_n=d["heldout_n"], mixture=mix, seed=a.seed, chunk=chunk,
+                       dtype=getattr(torch, a.dtype), partition=part)
     out = Path(a.out)
     state_path = Path(a.state or a.resume or out.with_name(out.stem + ".state.json"))
     if a.resume:

@@ -4,6 +4,10 @@
     swd        toys / any data sampler: sliced Wasserstein-2 to fixed fresh data samples.
     ref_error  any model: RMS distance of the n-step ODE sample to a many-step reference
                solution from the SAME initial noise (the discretization error itself).
+    FDHeldout  models with the digits metrics: FD of n samples to the TRAINING split's classifier
+               features (the held-out split stays unseen).  On digits it is the right early-stopping
+               target for AYS: the first KLUB sweep lowers FD (0.37 -> 0.30) while raising ref_error
+               (1.41 -> 1.52), so ref_error stopped AYS at its start (docs/ays.md).
 
 Every metric uses fixed seeds, so successive schedules are compared on the same noise.
 """
@@ -82,3 +86,19 @@ class HeldoutMetric:
         x = generate(self.model, schedule, self.n, self.solver, noise=noise).x.double()
         d = (x - self._ref[key]).flatten(1).pow(2).sum(1)
         return float(d.mean().sqrt()) if torch.isfinite(d).all() else math.inf
+
+
+class FDHeldout:
+    """schedule -> Frechet distance of `n` `solver` samples (fixed noise `seed`) to the digit
+    classifier's features of the TRAINING split (core.metrics.images); lower is better."""
+
+    def __init__(self, model, n: int = 1000, seed: int = 1234, solver: str = "dpmpp_2m"):
+        from core.metrics import images as im
+        if get_solver(solver).stochastic:
+            raise ScheduleLabError(f"the FD held-out metric samples with a deterministic solver; got {solver!r}")
+        self.model, self.n, self.seed, self.solver, self._im = model, int(n), int(seed), solver, im
+        self.real = im.real_features("train")[1]
+
+    def __call__(self, schedule: Schedule) -> float:
+        x, _, _ = self._im.sample_images(self.model, schedule, self.solver, self.n, self.seed)
+        return self._im.frechet_distance(self._im.classify(x)[1], self.real)

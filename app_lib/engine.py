@@ -17,6 +17,7 @@ import torch
 
 from app_lib.optional import optional
 from app_lib.state import toy_model, toy_sampler
+from core.errors import ScheduleLabError
 from core.objectives.klub import klub_curves
 from core.objectives.stein import log_grid, stein_curves, stein_density
 from core.objectives.truncation import SOLVER as NONUNIFORM_SOLVER
@@ -153,6 +154,7 @@ def image_error_vs_nfe(model_id: str, device: str, families: dict, nfes: tuple, 
 
 # ---------------------------------------------------------------- optimized schedules for an image model
 IMAGE_OPTIMIZED = {  # picker key -> label
+    "opt:ays": "AYS (shipped with the model: digits 10 / 20 / 40, resampled otherwise)",
     "opt:nonuniform": "DM-NonUniform (data-free, meant for dpmpp_3m)",
     "opt:score_optimal": "score-optimal (this model's Stein density, meant for heun)",
 }
@@ -181,6 +183,13 @@ def image_stein_density(model_id: str, device: str, levels: int = 100, n: int = 
 def image_optimized_schedule(key: str, steps: int, model_id: str, device: str, sigma_min: float,
                              sigma_max: float) -> Schedule:
     """The picker's optimized option `key` (IMAGE_OPTIMIZED) at `steps` steps for this model."""
+    if key == "opt:ays":
+        s = optional(REGISTRY).shipped_schedule(model_id, int(steps))
+        if s is None:
+            raise ScheduleLabError(f"no AYS schedule ships with {model_id!r}; optimize one with `python -m core "
+                                   f"optimize ays --model {model_id} --out ays.json` and import it on the "
+                                   "Schedules page")
+        return s
     if key == "opt:nonuniform":
         return Schedule(nonuniform_sigmas(int(steps), float(sigma_min), float(sigma_max)), name="nonuniform",
                         solver=NONUNIFORM_SOLVER)

@@ -109,3 +109,12 @@ def test_digits_quality_table_is_the_metric_suites_numbers():
                            n=200, seeds=(0,), reference=False)
     assert q["fd"] == pytest.approx(want["fd"], rel=1e-6) and q["nfe"] == 6
     assert q["confidence"] == pytest.approx(want["confidence"], rel=1e-6)
+
+
+def test_shipped_ays_schedule_for_digits_on_the_page():
+    reg = require("core.models.registry")
+    at = open_page("images", im_model="digits", im_scheds=["loglinear"], im_opt=["opt:ays"], im_nfe=10, im_n=4,
+                   im_ref_steps=30)
+    res = at.session_state["im_result"]
+    assert res["sigmas"]["AYS"] == reg.shipped_schedule("digits", 10).sigmas
+    assert res["nfe"]["AYS"] == 10 and np.isfinite(res["rmse"]["AYS"])

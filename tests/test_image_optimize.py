@@ -147,3 +147,22 @@ def test_ays_cli_heldout_choices_fit_the_model(gauss_spec, capsys):
     assert main(args) == 2
     assert "digits classifier" in capsys.readouterr().err
     assert main(["optimize", "ays", "--out", "x.json"]) == 2
+
+
+def test_shipped_ays_schedules_exact_stages_resampled_otherwise(tmp_path, monkeypatch):
+    import dataclasses
+
+    import core.models.registry as reg
+    from core.schedules import resample_loglinear
+    meta = json.loads(reg.MODELS["digits"].schedules.read_text())
+    for n in (10, 20, 40):
+        s = reg.shipped_schedule("digits", n)
+        assert s.sigmas == tuple(meta["stages"][str(n)]) and s.steps == n
+    six = reg.shipped_schedule("digits", 6)                       # nearest stage (10), log-linear resampling
+    assert six.sigmas == resample_loglinear(reg.shipped_schedule("digits", 10), 6).sigmas and six.steps == 6
+    assert reg.shipped_schedule("some/folder", 10) is None
+    bad = tmp_path / "ays.json"
+    bad.write_text("{not json")
+    monkeypatch.setitem(reg.MODELS, "digits", dataclasses.replace(reg.MODELS["digits"], schedules=bad))
+    with pytest.raises(ScheduleLabError, match="not a valid schedule file"):
+        reg.shipped_schedule("digits", 10)

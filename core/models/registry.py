@@ -34,6 +34,7 @@ class ModelEntry:
     description: str
     data: Callable[[], object] | None = None      # () -> training images [N, *event_shape] (model units)
     metrics: str | None = None                    # "digits": the digit classifier's metrics apply
+    schedules: Path | None = None                 # optimized schedules shipped with it (JSON {"stages": {n: sigmas}})
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def _digits_data():
 MODELS: dict[str, ModelEntry] = {
     "digits": ModelEntry("digits", load_digits_model, DIGITS_CHECKPOINT,
                          "EDM UNet on scikit-learn digits, 1x16x16 in [-1, 1] (checkpoints/digits/CARD.md)",
-                         data=_digits_data, metrics="digits"),
+                         data=_digits_data, metrics="digits", schedules=DIGITS_CHECKPOINT.parent / "ays.json"),
 }
 
 RESOLVERS: dict[str, Resolver] = {}
@@ -185,3 +186,23 @@ def model_data(spec: str, model: Denoiser, data=None, cache_dir=None, n: int = 5
         return ImageData(x, f"{entry.name} training split ({x.shape[0]} images)", False)
     return image_sampler_from(data, model, SAMPLES_CACHE if cache_dir is None else cache_dir, n=n, steps=steps,
                               seed=seed, progress=progress)
+
+
+def shipped_schedule(spec: str, steps: int):
+    """The AYS schedule shipped with a model (checkpoints/NAME/ays.json) at `steps` steps: the stage with
+    that many steps, else the stage nearest in steps resampled log-linearly (the AYS paper's Sec. 3.3 /
+    ComfyUI's way).  None when the model ships none."""
+    import json
+
+    from core.schedules import Schedule, resample_loglinear
+    entry = MODELS.get(str(spec))
+    if entry is None or entry.schedules is None or not entry.schedules.is_file():
+        return None
+    try:
+        meta = json.loads(entry.schedules.read_text())
+        stages = {int(k): v for k, v in meta["stages"].items()}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ScheduleLabError(f"{entry.schedules} is not a valid schedule file ({e}); restore it from git") from None
+    n = min(stages, key=lambda k: (abs(k - steps), -k))
+    s = Schedule(tuple(stages[n]), name="ays", params={"model": entry.name, "stage_steps": n})
+    return s if n == steps else resample_loglinear(s, int(steps))

@@ -70,14 +70,3 @@ def arr(v):
         return a.reshape([int(s) for s in str(v["shape"]).split(",")]) if "shape" in v else a
     return np.asarray(v, dtype=np.float64)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """(Autouse in every test module that imports it.) One intra-op torch thread per test: these tensors are tiny, and on a
-    shared 2-core machine two OpenMP threads per process measured up to ten times slower. Both
-    sides of every comparison run under the same setting."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

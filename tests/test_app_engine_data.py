@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from app_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 from core.compare import compare_to_reference, error_vs_nfe, per_sample_rmse, reference_solution
 from core.errors import ScheduleLabError
 from core.models.mixture import MixtureDenoiser
@@ -14,6 +13,8 @@ from core.schedules import make_schedule
 from core.viz_data import cumulative_share, density_grid, schedule_table
 from toy_data import gaussian, get_toy
 from toy_data.mixture import GaussianMixture
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 
 @pytest.mark.parametrize("sigma", [0.0, 0.3])

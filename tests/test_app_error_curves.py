@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from app_helpers import arr, assert_clean, figures, open_page, trace
-from app_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 from core.models import load_toy_model
 from core.objectives.klub import klub_curves
 from core.objectives.stein import log_grid, stein_curves, stein_density
@@ -15,6 +14,8 @@ from core.viz_data import cumulative_share
 from toy_data import get_toy
 
 STATE = {"ec_scheds": ["karras", "loglinear"], "ec_steps": 6, "ec_n": 256, "ec_levels": 50}
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 
 def _sched(name, steps=6, **kw):

@@ -6,11 +6,12 @@ import pytest
 
 import fake_engine
 from app_helpers import arr, assert_clean, figures, open_page, require, trace
-from app_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 from core.compare import compare_to_reference, error_vs_nfe
 from core.schedules import make_schedule
 
 STATE = {"im_scheds": ["karras", "loglinear"], "im_nfe": 6, "im_n": 4, "im_ref_steps": 40}
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 
 @pytest.fixture()

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from app_helpers import arr, assert_clean, figures, open_page, trace
-from app_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 from app_lib.runner import OptimizerRun
 from core.models import load_toy_model
 from core.optimizers.ays import AYSOptimizer
@@ -16,6 +15,8 @@ from toy_data import get_toy
 AYS = {"opt_method": "ays", "opt_steps": 5, "opt_stages": 1, "opt_n_samples": 128, "opt_n_candidates": 4,
        "opt_max_iters": 4, "opt_heldout": "nll", "opt_heldout_n": 256, "opt_patience": 2,
        "opt_heldout_solver": "dpmpp_2m", "opt_events_per_rerun": 1}
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 
 def _sampler(toy):

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from app_helpers import arr, assert_clean, figures, open_page, trace
-from app_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 from core.evaluate import evaluate_toy
 from core.models import load_toy_model
 from core.sampling import generate
@@ -15,6 +14,8 @@ from core.viz_data import density_grid
 from toy_data import get_toy
 
 SMALL = {"pg_steps": 6, "pg_n": 500, "pg_seeds": 2, "pg_paths": 8}
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 
 @pytest.fixture(scope="module")

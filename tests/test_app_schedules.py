@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from app_helpers import arr, assert_clean, figures, open_page, trace
-from app_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 from core.schedules import export, make_schedule
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 
 @pytest.fixture()

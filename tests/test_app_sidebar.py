@@ -1,10 +1,10 @@
 """The shared sidebar through AppTest: device choices, the seed and the toy flow into the pages,
 and the MLP model kind is offered exactly when its shipped checkpoint exists."""
 import numpy as np
+import pytest
 import torch
 
 from app_helpers import arr, assert_clean, figures, open_page, trace
-from app_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 from app_lib.state import model_kinds
 from core.models import load_toy_model, toy_checkpoint
 from core.sampling import generate
@@ -12,6 +12,8 @@ from core.schedules import make_schedule
 from toy_data import TOYS
 
 SMALL = {"pg_steps": 4, "pg_n": 500, "pg_seeds": 1, "pg_paths": 4}
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 
 def test_defaults_need_no_gpu_and_no_download():

@@ -21,13 +21,7 @@ from toy_data import gaussian, get_toy
 RING = get_toy("ring8")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batches: one intra-op thread is faster than two on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 
 def _opt(**kw):

@@ -32,13 +32,7 @@ def beta_kw(schedule):
         else dict(beta_schedule=schedule)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions: one thread is faster, and far faster on a shared, loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 
 @pytest.fixture(scope="module")

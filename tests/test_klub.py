@@ -17,13 +17,7 @@ A = torch.tensor([0.002, 0.05, 0.3, 1.0, 40.0], dtype=torch.float64)
 B = torch.tensor([0.0031, 0.2, 0.35, 3.0, 80.0], dtype=torch.float64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batches: one intra-op thread is faster than two on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 
 def _quad(f, a, b):

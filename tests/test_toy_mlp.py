@@ -32,14 +32,7 @@ from toy_data import TOYS, get_toy
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batched MLP calls: one thread is as fast on an idle machine and 20-50x faster on
-    an oversubscribed one (measured on the shared 2-core box); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 MARGIN = 4.0   # measured error may exceed the card's by this factor: fresh seed and 1000 points
 N_ERR = 1000   # per band, against the card's 20000 (4 x 8 x 5 re-draws at 1000 points: worst ratio 2.85)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,14 +49,6 @@ def trace(fig: dict, name: str) -> dict:
     return hits[0]
 
 
-def require(module: str):
-    """Import an engine module another branch delivers; ImportError (-> xfail) when missing."""
-    import importlib
-    return importlib.import_module(module)
-
-
-missing_ok = pytest.mark.xfail(raises=ImportError, strict=False,
-                               reason="engine module from another branch not merged yet")
 
 
 def arr(v):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import fake_engine
-from app_helpers import arr, assert_clean, figures, open_page, require, trace
+import core.models.registry as registry
+from app_helpers import arr, assert_clean, figures, open_page, trace
 from core.compare import compare_to_reference, error_vs_nfe
 from core.schedules import make_schedule
 
@@ -68,8 +69,7 @@ def test_stochastic_solvers_are_not_offered(fake):
 
 
 def test_real_digits_model_on_the_page():
-    reg = require("core.models.registry")
-    assert "digits" in reg.model_names()
+    assert "digits" in registry.model_names()
     at = open_page("images", im_model="digits", im_scheds=["karras", "loglinear"], im_nfe=6, im_n=4,
                    im_ref_steps=30)
     f = figures(at)
@@ -102,20 +102,18 @@ def test_optimized_schedules_for_the_image_model(fake):
 
 def test_digits_quality_table_is_the_metric_suites_numbers():
     from core.metrics.images import evaluate_images
-    reg = require("core.models.registry")
     at = open_page("images", im_model="digits", im_scheds=["loglinear"], im_nfe=6, im_n=4, im_ref_steps=30,
                    im_quality=True, im_q_n=200)
     q = at.session_state["im_quality_result"]["loglinear"]
-    want = evaluate_images(reg.load_model("digits"), make_schedule("loglinear", 6, 0.002, 80.0), "dpmpp_2m",
+    want = evaluate_images(registry.load_model("digits"), make_schedule("loglinear", 6, 0.002, 80.0), "dpmpp_2m",
                            n=200, seeds=(0,), reference=False)
     assert q["fd"] == pytest.approx(want["fd"], rel=1e-6) and q["nfe"] == 6
     assert q["confidence"] == pytest.approx(want["confidence"], rel=1e-6)
 
 
 def test_shipped_ays_schedule_for_digits_on_the_page():
-    reg = require("core.models.registry")
     at = open_page("images", im_model="digits", im_scheds=["loglinear"], im_opt=["opt:ays"], im_nfe=10, im_n=4,
                    im_ref_steps=30)
     res = at.session_state["im_result"]
-    assert res["sigmas"]["AYS"] == reg.shipped_schedule("digits", 10).sigmas
+    assert res["sigmas"]["AYS"] == registry.shipped_schedule("digits", 10).sigmas
     assert res["nfe"]["AYS"] == 10 and np.isfinite(res["rmse"]["AYS"])

@@ -205,7 +205,6 @@ class Tiny(torch.nn.Module):
 
 
 def test_cli_images_with_a_module_spec(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("core.models.user_model")
     from PIL import Image
 
     from core.cli import main

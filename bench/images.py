@@ -19,7 +19,6 @@ Writes bench/results/images.json and prints markdown tables.
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import os
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import table, write  # noqa: E402
 from bench.images_ays import add_arguments as add_ays_arguments  # noqa: E402
 from core.metrics import images as im  # noqa: E402
+from core.optional import optional  # noqa: E402
 from core.models.digits import load_digits_model  # noqa: E402
 from core.sampling import generate, initial_noise  # noqa: E402
 from core.schedules import make_schedule  # noqa: E402
@@ -74,20 +74,13 @@ def interactive_timing(model, repeat: int = 9) -> dict:
             "target_seconds": 1.0, "target_overhead": 1.05}
 
 
-def _module(name):
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name == name:
-            return None
-        raise
 
 
 def optimized_schedules(model, nfes, a) -> tuple:
     """{name: {nfe: Schedule}} for every optimizer present, and {name: info (seconds, error)}."""
     out, info = {}, {}
     data = load_digits_train()
-    ays = _module("core.optimizers.ays")
+    ays = optional("core.optimizers.ays")
     if ays is not None and not a.no_ays:
         try:
             reused = _reused_ays(a, nfes)
@@ -100,7 +93,7 @@ def optimized_schedules(model, nfes, a) -> tuple:
                 info["ays"]["schedules"] = {str(n): list(s.sigmas) for n, s in out["ays"].items()}
         except Exception as e:  # an optimizer still in development must not sink the bench
             info["ays"] = {"error": f"{type(e).__name__}: {e}"}
-    nu = _module("core.optimizers.nonuniform")
+    nu = optional("core.optimizers.nonuniform")
     if nu is not None:
         try:
             from core.optimizers.base import run_to_end
@@ -111,7 +104,7 @@ def optimized_schedules(model, nfes, a) -> tuple:
             out["nonuniform"] = sch
         except Exception as e:
             info["nonuniform"] = {"error": f"{type(e).__name__}: {e}"}
-    so = _module("core.optimizers.score_optimal")
+    so = optional("core.optimizers.score_optimal")
     if so is not None and not a.no_score:
         try:
             from core.objectives.stein import constant_speed_schedule

@@ -7,12 +7,12 @@ JSON on stdout.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import sys
 
 from core.errors import ScheduleLabError
+from core.optional import optional
 
 COMMAND_MODULES = ["core.cli.basic", "core.cli.train", "core.cli.optimize",
                    "core.cli.images"]
@@ -63,13 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m core", description="Schedule Lab engine")
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for mod in COMMAND_MODULES:
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name == mod:
-                continue
-            raise
-        m.register(sub)
+        m = optional(mod)
+        if m is not None:
+            m.register(sub)
     return p
 
 

@@ -2,7 +2,7 @@
 owns its own arguments.  Each module exposes `add_arguments(parser)` and `run(args) -> int`."""
 from __future__ import annotations
 
-import importlib
+from core.optional import optional
 
 OPTIMIZE = {"ays": "core.cli.opt_ays", "nonuniform": "core.cli.opt_nonuniform",
             "score-optimal": "core.cli.opt_score"}
@@ -14,12 +14,9 @@ def _nested(sub, name, help_, table):
     p = sub.add_parser(name, help=help_)
     inner = p.add_subparsers(dest=f"{name}_kind", required=True, parser_class=type(p))
     for key, mod in table.items():
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name == mod:
-                continue
-            raise
+        m = optional(mod)
+        if m is None:
+            continue
         q = inner.add_parser(key, help=(m.__doc__ or "").strip().splitlines()[0] if m.__doc__ else None)
         m.add_arguments(q)
         q.set_defaults(func=m.run)

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from core.device import resolve_device
 from core.errors import ScheduleLabError
+from core.optional import optional
 from core.models.base import Denoiser
 from core.models.digits import DIGITS_CHECKPOINT, load_digits_model, load_unet_checkpoint
 
@@ -128,17 +128,9 @@ register_resolver("unet", _is_unet_file, _load_unet_file,
                   "PATH.safetensors written by `python -m core train-images` (UNet + config header)")
 
 
-def _optional(module: str):
-    """A module of the engine that may not be in this tree yet (None when absent)."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            return None
-        raise
 
 
-if _optional("core.models.diffusers_loader") is not None:
+if optional("core.models.diffusers_loader") is not None:
     def _is_diffusers(spec: str, options: dict) -> bool:
         from core.models.diffusers_loader import looks_like_diffusers
         return looks_like_diffusers(spec) or bool(options.get("allow_hub"))
@@ -151,7 +143,7 @@ if _optional("core.models.diffusers_loader") is not None:
                       "FOLDER saved by diffusers' save_pretrained (UNet2DModel + scheduler config); "
                       "a hub id only with --allow-hub", options=("allow_hub",))
 
-if _optional("core.models.user_model") is not None:
+if optional("core.models.user_model") is not None:
     def _is_module_spec(spec: str, options: dict) -> bool:
         return ":" in spec and not spec.endswith(":") and not Path(spec).exists()
 

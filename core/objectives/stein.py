@@ -143,19 +143,8 @@ def score_sigma_derivative(model, x: torch.Tensor, sigma: torch.Tensor, method: 
     ~4 h sigma^2 |x| / c^4, i.e. ~1e-16 c^4 / (4 h sigma^4) relative: fd is a check, jvp the estimator.
     An exact mixture denoiser (a model with a `.mixture`) goes through `mixture_score`; any other
     model through score = (D(x, sigma) - x) / sigma^2."""
-    mixture = getattr(model, "mixture", None)
-    if mixture is not None and hasattr(mixture, "evecs"):
-        x64, sm = x.to(torch.float64), sigma.to(torch.float64)
-
-        def score(s):
-            return mixture_score(mixture, x64, s)
-    else:
-        dt = _model_dtype(model)
-        xm, x64, sm = x.to(dt), x.to(torch.float64), sigma.to(dt)
-
-        def score(s):
-            return (model(xm, s).to(torch.float64) - x64) / _b(s.to(torch.float64), x) ** 2
-
+    score, dt = _score_at(model, x)
+    sm = sigma.to(dt)
     if method == "jvp":
         return torch.func.jvp(score, (sm,), (torch.ones_like(sm),))[1]
     if method == "fd":
@@ -163,6 +152,19 @@ def score_sigma_derivative(model, x: torch.Tensor, sigma: torch.Tensor, method: 
         up, dn = sm * math.exp(h), sm * math.exp(-h)
         return (score(up) - score(dn)) / _b((up - dn).to(torch.float64), x)
     raise ScheduleLabError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+
+
+def _score_at(model, x: torch.Tensor):
+    """(score, dtype): score(sigma [B]) = grad log p_sigma(x) at the fixed points x [B, *event], float64,
+    and the dtype sigma should have.  An exact mixture denoiser (a model with a `.mixture`) goes
+    through `mixture_score` (float64); any other model through (D(x, sigma) - x) / sigma^2 in its dtype."""
+    mixture = getattr(model, "mixture", None)
+    x64 = x.to(torch.float64)
+    if mixture is not None and hasattr(mixture, "evecs"):
+        return (lambda s: mixture_score(mixture, x64, s)), torch.float64
+    dt = _model_dtype(model)
+    xm = x.to(dt)
+    return (lambda s: (model(xm, s).to(torch.float64) - x64) / _b(s.to(torch.float64), x) ** 2), dt
 
 
 def _b(s, x):
@@ -303,22 +305,14 @@ def transport_costs(model, sampler, schedule: Schedule, n: int = 2048, v=None, s
         raise ScheduleLabError(f"n (Monte Carlo samples) must be an integer >= 2; got {n!r}")
     lev = np.asarray(schedule.sigmas[:-1], dtype=np.float64)
     m = _float64_model(model, precision)
-    mixture = getattr(m, "mixture", None)
     x0, eps = _draw(sampler, int(n), seed, getattr(model, "event_shape", (2,)))
-    dt = _model_dtype(m)
-
-    def score(x, s):
-        sb = torch.full((x.shape[0],), float(s), dtype=torch.float64)
-        if mixture is not None and hasattr(mixture, "evecs"):
-            return mixture_score(mixture, x, sb)
-        return (m(x.to(dt), sb.to(dt)).to(torch.float64) - x) / float(s) ** 2
-
     vv = _speed(v, lev)
     cost, err = [], []
     with torch.no_grad():
         for i in range(len(lev) - 1):
-            x = x0 + float(lev[i]) * eps
-            per = (score(x, lev[i + 1]) - score(x, lev[i])).reshape(n, -1).pow(2).sum(-1) * vv[i + 1] ** 2
+            score, dt = _score_at(m, x0 + float(lev[i]) * eps)
+            at = lambda s: score(torch.full((n,), float(s), dtype=dt))  # noqa: E731
+            per = (at(lev[i + 1]) - at(lev[i])).reshape(n, -1).pow(2).sum(-1) * vv[i + 1] ** 2
             cost.append(float(per.mean()))
             err.append(float(per.std() / math.sqrt(n)))
     if not np.all(np.isfinite(cost)):

@@ -24,7 +24,7 @@ def add_arguments(p):
 
 
 def run(a) -> int:
-    from core.cli.opt_ays import toy_model_and_data
+    from core.cli.model_args import toy_model_and_data
     from core.device import resolve_device
     from core.objectives.klub import klub_curves
     from core.schedules import load_schedule

@@ -25,7 +25,7 @@ def add_arguments(p):
 
 
 def run(a) -> int:
-    from core.cli.opt_score import toy_model_and_data
+    from core.cli.model_args import toy_model_and_data
     from core.device import resolve_device
     from core.objectives.stein import stein_curves
     from core.schedules import load_schedule
@@ -33,7 +33,9 @@ def run(a) -> int:
     if a.n < 2:
         raise ScheduleLabError(f"--n must be >= 2; got {a.n}")
     sched = load_schedule(a.schedule, a.steps, a.sigma_min, a.sigma_max, **parse_params(a.param))
-    model, mix = toy_model_and_data(a.toy, a.model, resolve_device(a.device))
+    device = resolve_device(a.device)
+    model, mix = toy_model_and_data(a.toy, a.model, device)
+    mix = mix.to(device)                                # the analytic score runs where the model runs
     c = stein_curves(model, mix, sched, levels=a.levels, n=a.n, method=a.method, seed=a.seed)
     rows = [f"{i:3d}  {hi:10.5g} -> {lo:<10.5g}  {v:.4g}  ({100 * s:.1f} %)"
             for i, (hi, lo, v, s) in enumerate(zip(c["sigma_hi"], c["sigma_lo"], c["cost"], c["share"]))]

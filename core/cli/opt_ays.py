@@ -15,19 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.cli import emit
+from core.cli.model_args import add_model_arguments, resolve_model
 from core.errors import ScheduleLabError
 
 
 def add_arguments(p):
-    p.add_argument("--toy", default=None, help="toy name or mixture JSON file")
-    p.add_argument("--model", default=None,
-                   help="with --toy: exact (default) | mlp; without: an image model (digits, a diffusers folder, "
-                        "a UNet .safetensors, module.py:Class with --weights)")
-    p.add_argument("--data", default=None, help="image model: a PNG folder or .npz of data images (default: its "
-                                                "training split if it ships with one, else its own cached samples)")
-    p.add_argument("--weights", default=None, help="image model module.py:Class: its weights file")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="image model module.py:Class: constructor / wrapper parameters")
+    add_model_arguments(p)
     p.add_argument("--steps", type=int, default=10, help="steps of the written schedule (and first stage)")
     p.add_argument("--stages", default=None,
                    help="comma-separated increasing step counts (default STEPS,2STEPS,4STEPS, e.g. 10,20,40: "
@@ -61,14 +54,6 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true")
 
 
-def toy_model_and_data(toy: str, kind: str, device):
-    """(Denoiser, mixture) for a toy name or mixture file; kind 'exact' | 'mlp'."""
-    from core.models import MixtureDenoiser, load_toy_model
-    from toy_data import get_toy
-    mix = get_toy(toy)
-    model = MixtureDenoiser(mix).to(device) if kind == "exact" else load_toy_model(toy, "mlp", device)
-    return model, mix
-
 
 TOY_DEFAULTS = {"samples": 8192, "max_iters": "100", "patience": 8, "solver": "dpmpp_2m_sde", "heldout_n": 8192,
                 "chunk": None}
@@ -79,31 +64,17 @@ IMAGE_DEFAULTS = {"samples": 96, "max_iters": "5,2,1", "patience": 2, "solver": 
 
 def _model_and_data(a, device):
     """(model, sampler, mixture or None, settings, heldout name, heldout_fn) for --toy or an image --model."""
-    import sys
-    pick = lambda d: {k: (getattr(a, k) if getattr(a, k, None) is not None else v) for k, v in d.items()}  # noqa: E731
+    mc = resolve_model(a, device, "AYS")
+    d = {k: (getattr(a, k) if getattr(a, k, None) is not None else v)
+         for k, v in (TOY_DEFAULTS if mc.toy else IMAGE_DEFAULTS).items()}
+    d["sigma_min"], d["sigma_max"] = mc.sigma_min, mc.sigma_max
     heldout = None if a.heldout in ("none", "None", "") else a.heldout
-    if a.toy is not None:
-        if a.model not in (None, "exact", "mlp"):
-            raise ScheduleLabError(f"with --toy, --model is exact or mlp; got {a.model!r}")
-        model, mix = toy_model_and_data(a.toy, a.model or "exact", device)
-        d = pick(TOY_DEFAULTS)
-        d["sigma_min"] = 0.002 if a.sigma_min is None else a.sigma_min
-        d["sigma_max"] = 80.0 if a.sigma_max is None else a.sigma_max
+    if mc.toy:
         if heldout == "fd":
             raise ScheduleLabError("--heldout fd needs an image model with the digits metrics; toys use nll or swd")
-        return model, mix.sample, mix, d, heldout, None
-    if a.model is None:
-        raise ScheduleLabError("give --toy TOY (a 2-D toy) or --model MODEL (an image model; see `python -m core models`)")
-    from core.cli import parse_params
-    from core.models.registry import load_model, model_data, model_entry
+        return mc.model, mc.data.sample, mc.data, d, heldout, None
+    from core.models.registry import model_entry
     from core.optimizers.heldout import FDHeldout
-    model = load_model(a.model, device, weights=a.weights, params=parse_params(a.param))
-    data = model_data(a.model, model, a.data)
-    print(f"data: {data.source}" + (" - AYS then fits the model's own samples, not data" if data.generated else ""),
-          file=sys.stderr)
-    d = pick(IMAGE_DEFAULTS)
-    d["sigma_min"] = model.sigma_min if a.sigma_min is None else a.sigma_min
-    d["sigma_max"] = model.sigma_max if a.sigma_max is None else a.sigma_max
     digits = getattr(model_entry(a.model), "metrics", None) == "digits"
     if heldout == "auto":
         heldout = "fd" if digits else None
@@ -113,8 +84,8 @@ def _model_and_data(a, device):
         if not digits:
             raise ScheduleLabError("--heldout fd needs the digits classifier (the shipped digits model); use "
                                    "ref_error or none for this model")
-        return model, data, None, d, None, FDHeldout(model, d["heldout_n"], solver=d["solver"])
-    return model, data, None, d, heldout, None
+        return mc.model, mc.data, None, d, None, FDHeldout(mc.model, d["heldout_n"], solver=d["solver"])
+    return mc.model, mc.data, None, d, heldout, None
 
 
 def parse_stages(text):

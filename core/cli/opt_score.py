@@ -14,18 +14,12 @@ from __future__ import annotations
 import sys
 
 from core.cli import emit
+from core.cli.model_args import add_model_arguments, resolve_model
 from core.errors import ScheduleLabError
 
 
 def add_arguments(p):
-    p.add_argument("--toy", default=None, help="toy name or mixture JSON file")
-    p.add_argument("--model", default=None,
-                   help="with --toy: exact (default) | mlp; without: an image model (digits, a diffusers folder, "
-                        "a UNet .safetensors, module.py:Class with --weights)")
-    p.add_argument("--data", default=None, help="image model: a PNG folder or .npz of data images")
-    p.add_argument("--weights", default=None, help="image model module.py:Class: its weights file")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="image model module.py:Class: constructor / wrapper parameters")
+    add_model_arguments(p)
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--sigma-min", type=float, default=None, help="default: 0.002 (toys) or the model's")
     p.add_argument("--sigma-max", type=float, default=None, help="default: 80 (toys) or the model's")
@@ -38,14 +32,6 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true")
 
 
-def toy_model_and_data(toy: str, kind: str, device):
-    """(Denoiser, mixture) for a toy name or mixture file; kind 'exact' | 'mlp'."""
-    from core.models import MixtureDenoiser, load_toy_model
-    from toy_data import get_toy
-    mix = get_toy(toy)
-    model = MixtureDenoiser(mix).to(device) if kind == "exact" else load_toy_model(toy, "mlp", device)
-    return model, mix.to(device) if hasattr(mix, "to") else mix
-
 
 def run(a) -> int:
     from core.device import resolve_device
@@ -55,24 +41,13 @@ def run(a) -> int:
 
     if a.n < 2:
         raise ScheduleLabError(f"--n must be >= 2; got {a.n}")
-    source = None
-    if a.toy is not None:
-        if a.model not in (None, "exact", "mlp"):
-            raise ScheduleLabError(f"with --toy, --model is exact or mlp; got {a.model!r}")
-        model, mix = toy_model_and_data(a.toy, a.model or "exact", resolve_device(a.device))
-        lo, hi = 0.002, 80.0
-    elif a.model is None:
-        raise ScheduleLabError("give --toy TOY (a 2-D toy) or --model MODEL (an image model; see `python -m core models`)")
+    device = resolve_device(a.device)
+    mc = resolve_model(a, device, "the schedule")
+    model, mix, smin, smax = mc.model, mc.data, mc.sigma_min, mc.sigma_max
+    if mc.toy:
+        mix, source = mix.to(device), None          # the analytic score runs where the model runs
     else:
-        from core.cli import parse_params
-        from core.models.registry import load_model, model_data
-        model = load_model(a.model, a.device, weights=a.weights, params=parse_params(a.param))
-        mix = model_data(a.model, model, a.data)
         source = mix.source + (" - the schedule fits the model's own samples, not data" if mix.generated else "")
-        print(f"data: {source}", file=sys.stderr)
-        lo, hi = model.sigma_min, model.sigma_max
-    smin = lo if a.sigma_min is None else a.sigma_min
-    smax = hi if a.sigma_max is None else a.sigma_max
     opt = ScoreOptimalOptimizer(model, mix, a.steps, smin, smax, levels=a.levels, n=a.n, method=a.method,
                                 seed=a.seed, chunk_points=max(a.n, min(32768, a.n * max(1, a.levels // 20))))
     with tqdm(total=a.levels, desc="Stein density (levels)", disable=a.json, file=sys.stderr) as bar:

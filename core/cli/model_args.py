@@ -1,0 +1,62 @@
+"""The `--toy` / `--model` / `--data` choice the optimizer commands share: a 2-D toy (exact mixture or
+its shipped MLP) or any image model the registry resolves, with the data its optimizer needs."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from core.errors import ScheduleLabError
+
+TOY_RANGE = (0.002, 80.0)
+
+
+def add_model_arguments(p) -> None:
+    p.add_argument("--toy", default=None, help="toy name or mixture JSON file")
+    p.add_argument("--model", default=None,
+                   help="with --toy: exact (default) | mlp; without: an image model (digits, a diffusers folder, "
+                        "a UNet .safetensors, module.py:Class with --weights)")
+    p.add_argument("--data", default=None, help="image model: a PNG folder or .npz of data images (default: its "
+                                                "training split if it ships with one, else its own cached samples)")
+    p.add_argument("--weights", default=None, help="image model module.py:Class: its weights file")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="image model module.py:Class: constructor / wrapper parameters")
+
+
+def toy_model_and_data(toy: str, kind: str, device):
+    """(Denoiser, mixture) for a toy name or mixture file; kind 'exact' | 'mlp'."""
+    from core.models import MixtureDenoiser, load_toy_model
+    from toy_data import get_toy
+    mix = get_toy(toy)
+    model = MixtureDenoiser(mix).to(device) if kind == "exact" else load_toy_model(toy, "mlp", device)
+    return model, mix
+
+
+@dataclass
+class ModelChoice:
+    model: object            # Denoiser
+    data: object             # toys: the GaussianMixture; images: core.models.user_model.ImageData
+    toy: bool
+    sigma_min: float         # the command's --sigma-min, else 0.002 (toys) or the model's
+    sigma_max: float
+
+
+def resolve_model(a, device, fits: str = "the schedule") -> ModelChoice:
+    """--toy TOY [--model exact|mlp] or --model SPEC [--data D --weights W --param K=V]; for an image model
+    prints where its data came from (and that `fits` then fits the model's own samples, not data)."""
+    if a.toy is not None:
+        if a.model not in (None, "exact", "mlp"):
+            raise ScheduleLabError(f"with --toy, --model is exact or mlp; got {a.model!r}")
+        model, data = toy_model_and_data(a.toy, a.model or "exact", device)
+        lo, hi = TOY_RANGE
+    elif a.model is None:
+        raise ScheduleLabError("give --toy TOY (a 2-D toy) or --model MODEL (an image model; see `python -m core models`)")
+    else:
+        from core.cli import parse_params
+        from core.models.registry import load_model, model_data
+        model = load_model(a.model, device, weights=a.weights, params=parse_params(a.param))
+        data = model_data(a.model, model, a.data)
+        print(f"data: {data.source}" + (f" - {fits} then fits the model's own samples, not data" if data.generated
+                                        else ""), file=sys.stderr)
+        lo, hi = model.sigma_min, model.sigma_max
+    return ModelChoice(model, data, a.toy is not None, lo if a.sigma_min is None else a.sigma_min,
+                       hi if a.sigma_max is None else a.sigma_max)

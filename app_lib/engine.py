@@ -158,6 +158,7 @@ IMAGE_OPTIMIZED = {  # picker key -> label
     "opt:nonuniform": "DM-NonUniform (data-free, meant for dpmpp_3m)",
     "opt:score_optimal": "score-optimal (this model's Stein density, meant for heun)",
 }
+IMAGE_OPTIMIZED_SHORT = {k: v.split(" (")[0] for k, v in IMAGE_OPTIMIZED.items()}   # table / legend labels
 
 
 @st.cache_data(show_spinner="Optimizing DM-NonUniform time steps ...", max_entries=64)

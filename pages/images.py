@@ -69,7 +69,7 @@ try:
             st.caption(f"score-optimal: no data ships with this model, so its density comes from the model's own "
                        f"many-step samples ({dens['source']}): the schedule fits the model, not the data.")
     for o in st.session_state.im_opt:
-        scheds[engine.IMAGE_OPTIMIZED[o].split(" (")[0]] = engine.image_optimized_schedule(
+        scheds[engine.IMAGE_OPTIMIZED_SHORT[o]] = engine.image_optimized_schedule(
             o, steps, model_id, cfg["device"], model.sigma_min, model.sigma_max)
     res = engine.image_compare(model_id, cfg["device"], {k: s.sigmas for k, s in scheds.items()}, solver,
                                int(st.session_state.im_n), cfg["seed"], int(st.session_state.im_ref_steps))
@@ -130,7 +130,7 @@ if st.session_state.im_sweep and st.session_state.im_nfes:
                                                                      model.sigma_max).sigmas for v in nfes}
                 for o in st.session_state.im_scheds}
         for o in st.session_state.im_opt:
-            fams[engine.IMAGE_OPTIMIZED[o].split(" (")[0]] = {
+            fams[engine.IMAGE_OPTIMIZED_SHORT[o]] = {
                 spec.steps_for_nfe(v): engine.image_optimized_schedule(o, spec.steps_for_nfe(v), model_id, cfg["device"],
                                                                        model.sigma_min, model.sigma_max).sigmas
                 for v in nfes}

@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from core.cli.opt_ays import IMAGE_DEFAULTS  # the budget `optimize ays --model` uses
 from core.objectives.klub import draw_noise, klub_samples, mean_se
 from core.optimizers.heldout import FDHeldout
 from core.schedules import Schedule, make_schedule
@@ -114,14 +115,14 @@ def run_ays(model, data, a, log=sys.stderr) -> tuple:
 
 def add_arguments(ap):
     ap.add_argument("--ays-stages", default="10,20,40", help="AYS stage step counts")
-    ap.add_argument("--ays-samples", type=int, default=96, help="KLUB samples per sweep (paper: 8192)")
-    ap.add_argument("--ays-iters", default="5,2,1", help="sweep cap per stage (one value or one per stage)")
+    ap.add_argument("--ays-samples", type=int, default=IMAGE_DEFAULTS["samples"], help="KLUB samples per sweep (paper: 8192)")
+    ap.add_argument("--ays-iters", default=IMAGE_DEFAULTS["max_iters"], help="sweep cap per stage (one value or one per stage)")
     ap.add_argument("--ays-heldout", default="fd", choices=["fd", "ref_error", "none"],
                     help="first-stage early stopping: FD to the training split (default) or the reference error")
-    ap.add_argument("--ays-heldout-n", type=int, default=1000)
-    ap.add_argument("--ays-patience", type=int, default=2)
+    ap.add_argument("--ays-heldout-n", type=int, default=IMAGE_DEFAULTS["heldout_n"])
+    ap.add_argument("--ays-patience", type=int, default=IMAGE_DEFAULTS["patience"])
     ap.add_argument("--ays-heldout-every-stage", action="store_true",
                     help="also measure the held-out FD in the 20- and 40-step stages (costs ~15 %% more)")
-    ap.add_argument("--ays-chunk", type=int, default=256, help="KLUB denoiser rows per call")
+    ap.add_argument("--ays-chunk", type=int, default=IMAGE_DEFAULTS["chunk"], help="KLUB denoiser rows per call")
     ap.add_argument("--ays-threads", type=int, default=1, help="torch threads during AYS")
     ap.add_argument("--ays-eval-n", type=int, default=256, help="fresh samples for the KLUB start/end table")

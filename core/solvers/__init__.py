@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from core.errors import unknown_name
+from core.solvers.deis import deis
 from core.solvers.ode import dpm_2, dpmpp_2m, dpmpp_3m_lagrange, euler, heun, ipndm, lms
 from core.solvers.sde import (ddim_sde, dpmpp_2m_sde, dpmpp_2s_ancestral, dpmpp_3m, dpmpp_3m_sde, dpmpp_sde,
                               euler_ancestral)
@@ -50,6 +51,7 @@ SOLVERS = {s.name: s for s in (
                nfe_per_step=2),
     SolverSpec("dpm_2", dpm_2, False, 2, f"DPM-Solver-2; {KD} sample_dpm_2", nfe_per_step=2),
     SolverSpec("lms", lms, False, 4, f"Linear multistep (order 4); {KD} sample_lms"),
+    SolverSpec("deis", deis, False, 3, "DEIS-tAB(3); ComfyUI sample_deis ('tab')"),
 )}
 ALIASES = {"ddim": "euler", "dpm++2m": "dpmpp_2m", "dpm++2m_sde": "dpmpp_2m_sde", "dpm++3m": "dpmpp_3m",
            "dpm++3m_sde": "dpmpp_3m_sde", "dpm++sde": "dpmpp_sde", "dpm++2s_a": "dpmpp_2s_ancestral",

@@ -101,8 +101,12 @@ def test_propagated_weights_are_the_dpmpp_3m_solvers_linear_response(n):
         def model(x, sigma, j=j):
             return torch.ones_like(x) if abs(float(sigma) - sig[j]) < 1e-12 * sig[j] else torch.zeros_like(x)
         keep = {}
-        get_solver("dpmpp_3m_lagrange").fn(model, torch.zeros(1, 1, dtype=torch.float64), torch.tensor(sig, dtype=torch.float64),
-                                  callback=lambda info: keep.update(x=info["x"]) if info["sigma_next"] == 0 else None)
+
+        def at_sigma_min(info):
+            if info["sigma_next"] == 0:
+                keep["x"] = info["x"]
+        get_solver("dpmpp_3m_lagrange").fn(model, torch.zeros(1, 1, dtype=torch.float64),
+                                           torch.tensor(sig, dtype=torch.float64), callback=at_sigma_min)
         terms = [sig[-2] * _J(lam, s, orders[s]).get(j, 0.0) for s in range(n - 1)]
         assert float(keep["x"]) == pytest.approx(sum(terms), abs=1e-12 * sum(map(abs, terms)))
 

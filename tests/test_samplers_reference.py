@@ -158,7 +158,7 @@ def _x_at_sigma_min(name, model, x_T, n, smin, smax):
     return keep["x"]
 
 
-@pytest.mark.parametrize("name,lo,hi", [("dpm_2", 1.85, 2.2), ("dpmpp_3m", 1.85, 2.3), ("dpmpp_3m_lagrange", 2.7, 4.6),
+@pytest.mark.parametrize("name,lo,hi", [("dpm_2", 1.85, 2.2), ("dpmpp_3m", 1.85, 2.3),
                                         ("lms", 3.6, 4.5), ("deis", 2.6, 3.4)])
 def test_convergence_order_of_new_deterministic_samplers(name, lo, hi):
     """N(0, c^2 I): the probability-flow ODE solution is x(s) = x(S) sqrt(c^2 + s^2) / sqrt(c^2 + S^2);

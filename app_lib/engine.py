@@ -31,7 +31,7 @@ from toy_data import get_toy
 REGISTRY = "core.models.registry"
 OPTIMIZERS = {  # method -> label
     "ays": "Align Your Steps (KLUB search)",
-    "nonuniform": "DM-NonUniform (error bound, data-free, for dpmpp_3m)",
+    "nonuniform": "DM-NonUniform (error bound, data-free, for dpmpp_3m_lagrange)",
     "score_optimal": "Score-optimal (Stein cost)",
 }
 # the page's knobs each method uses (the others are shown disabled)
@@ -155,7 +155,7 @@ def image_error_vs_nfe(model_id: str, device: str, families: dict, nfes: tuple, 
 # ---------------------------------------------------------------- optimized schedules for an image model
 IMAGE_OPTIMIZED = {  # picker key -> label
     "opt:ays": "AYS (shipped with the model: digits 10 / 20 / 40, resampled otherwise)",
-    "opt:nonuniform": "DM-NonUniform (data-free, meant for dpmpp_3m)",
+    "opt:nonuniform": "DM-NonUniform (data-free, meant for dpmpp_3m_lagrange)",
     "opt:score_optimal": "score-optimal (this model's Stein density, meant for heun)",
 }
 IMAGE_OPTIMIZED_SHORT = {k: v.split(" (")[0] for k, v in IMAGE_OPTIMIZED.items()}   # table / legend labels

@@ -48,7 +48,7 @@ def _solvers(a):
     from core.solvers import SOLVERS
     rows = [{"name": s.name, "label": s.label, "order": s.order, "stochastic": s.stochastic}
             for s in SOLVERS.values()]
-    emit(rows, a.json, "\n".join(f"{r['name']:14s} {r['label']}" for r in rows))
+    emit(rows, a.json, "\n".join(f"{r['name']:19s} {r['label']}" for r in rows))
 
 
 def _schedules(a):

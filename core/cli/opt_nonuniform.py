@@ -1,9 +1,9 @@
-"""DM-NonUniform: optimize a schedule for dpmpp_3m from the noise process alone (no model).
+"""DM-NonUniform: optimize a schedule for dpmpp_3m_lagrange from the noise process alone (no model).
 
     python -m core optimize nonuniform --steps 6 --out nonuniform6.json
     python -m core optimize nonuniform --steps 10 --p 2 --process vp-linear --json --out s.json
 
-Writes a Schedule JSON with solver "dpmpp_3m" (sample it with that solver) and exits 1 when no
+Writes a Schedule JSON with solver "dpmpp_3m_lagrange" (sample it with that solver) and exits 1 when no
 start converged (the schedule is still written, flagged, with --allow-unconverged).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from core.errors import ScheduleLabError
 
 
 def add_arguments(p):
-    p.add_argument("--steps", type=int, required=True, help="steps = NFE of dpmpp_3m")
+    p.add_argument("--steps", type=int, required=True, help="steps = NFE of dpmpp_3m_lagrange")
     p.add_argument("--p", type=float, default=1.0, help="error model sigma_vp^p / alpha_vp: 1 pixel, 2 latent")
     p.add_argument("--process", default="edm", help="edm | vp-linear | vp-cosine | flow | discrete")
     p.add_argument("--sigma-min", type=float, default=None, help="default: the process's")

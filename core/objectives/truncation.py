@@ -1,9 +1,9 @@
-"""DM-NonUniform's data-free error bound for the `dpmpp_3m` solver, and its per-step curve.
+"""DM-NonUniform's data-free error bound for the `dpmpp_3m_lagrange` solver, and its per-step curve.
 
 Xue et al. 2024, "Accelerating Diffusion Sampling with Optimized Time Steps" (arXiv 2402.17376),
 Sec. 4-5, Thm. 1; methods.md s.5. Everything is in half-log-SNR lambda = -log sigma (EDM sigma).
 
-Solver modelled (core/solvers/ode.py `dpmpp_3m`, exactly): a schedule of n steps has levels
+Solver modelled (core/solvers/ode.py `dpmpp_3m_lagrange`, exactly): a schedule of n steps has levels
 sigma_0 = sigma_max > ... > sigma_{n-1} = sigma_min > sigma_n = 0.  Steps s = 0 .. n-2 are
 exponential multistep steps of order k_s = min(3, s + 1, n - s)  (1, 2, 3, ..., 3, 2):
 
@@ -43,7 +43,7 @@ Decision (quadrature="auto", the default; see `quadrature_steps`): the reference
 every step in quadrature for NFE > 7.  With the reference rule beyond 7 steps the bound's infimum
 is reached by levels collapsing in pairs, whose huge opposite Lagrange weights cancel inside c_j
 (8 steps, EDM range, p = 1: bound 0.0084 vs 0.082 at the sensible local minimum that the
-reference's finite-difference run stalls in; the collapsed schedule's dpmpp_3m discretization
+reference's finite-difference run stalls in; the collapsed schedule's dpmpp_3m_lagrange discretization
 error on moons is 0.39 vs 0.084, and 0.050 for the "auto" optimum).  The reference only gets
 sensible schedules there because its optimizer stops near the start.  Up to NFE 7 the reference
 rule is well posed (one optimum from every start; at 7 steps it sits on a kink c_j = 0, which
@@ -70,7 +70,7 @@ from core.errors import ScheduleLabError
 from core.schedules import Schedule
 from core.solvers.lagrange import lagrange_weights, multistep_orders
 
-SOLVER = "dpmpp_3m"          # the solver this bound models
+SOLVER = "dpmpp_3m_lagrange"          # the solver this bound models
 QUADRATURE_MAX_NFE = 7       # reference: NFE <= 7 -> first 3 steps in quadrature
 QUADRATURE_STEPS = 3
 
@@ -93,7 +93,7 @@ def quadrature_steps(n: int, quadrature="auto") -> tuple:
             only the first (order-1) step.  For n > 7 this leaves every later step's
             contributions signed-accumulated per node, and the objective becomes ill-posed:
             levels collapse in pairs so that huge, opposite Lagrange weights cancel (measured on
-            moons / dpmpp_3m at 8 steps: bound 0.0084 vs 0.082 for the sensible local minimum,
+            moons / dpmpp_3m_lagrange at 8 steps: bound 0.0084 vs 0.082 for the sensible local minimum,
             discretization error 0.39 vs 0.084).  Kept for study.
         "auto" (default): "reference" for n <= 7 (well posed: one optimum from every start),
             "all" for n > 7 (the reference's own stabilisation extended to every step).
@@ -117,7 +117,7 @@ def quadrature_steps(n: int, quadrature="auto") -> tuple:
 
 @lru_cache(maxsize=128)
 def _plan(n: int, quad: tuple):
-    """Static structure of an n-step dpmpp_3m run: per order k, the step indices [m], node indices
+    """Static structure of an n-step dpmpp_3m_lagrange run: per order k, the step indices [m], node indices
     [m, k] (nodes s, s-1, .., s-k+1) and which of those steps are in quadrature [m] (numpy, so the
     cache never holds a tensor created inside a torch.func transform)."""
     orders = multistep_orders(n, 3)
@@ -367,7 +367,7 @@ def truncation_curve(schedule: Schedule, p: float = 1.0, quadrature="auto") -> d
         order: the solver's order at the step (1, 2, 3, ..., 3, 2, 1; the last is the jump).
         quadrature: whether the step enters in quadrature (reference rule for NFE <= 7).
         node_error: eps(sigma_s) = sigma_vp^p / alpha_vp, the modelled model error at the node.
-        objective: B;  p, solver ("dpmpp_3m"), steps.
+        objective: B;  p, solver ("dpmpp_3m_lagrange"), steps.
     """
     if not isinstance(schedule, Schedule):
         raise ScheduleLabError("truncation_curve needs a Schedule (core.schedules.Schedule)")

@@ -1,4 +1,4 @@
-"""DM-NonUniform: optimized time steps for the `dpmpp_3m` solver (Xue et al. 2024, arXiv 2402.17376,
+"""DM-NonUniform: optimized time steps for the `dpmpp_3m_lagrange` solver (Xue et al. 2024, arXiv 2402.17376,
 Sec. 5; methods.md s.5).
 
 Minimise the data-free bound B(lambda_1 .. lambda_{n-2}) of `core.objectives.truncation` over the
@@ -99,7 +99,7 @@ class NonUniformOptimizer(Optimizer):
     """DM-NonUniform as an Optimizer: one trust-constr run per start, best converged kept.
 
     Args:
-        steps: n (= NFE of dpmpp_3m); n - 2 interior levels are optimized.
+        steps: n (= NFE of dpmpp_3m_lagrange); n - 2 interior levels are optimized.
         sigma_min, sigma_max: fixed endpoints (default: the process's range).
         p: error-model exponent (1 pixel, 2 latent).
         process: "edm" | "vp-linear" | "vp-cosine" | "flow" | "discrete" (DDPM linear betas), a
@@ -230,7 +230,7 @@ class NonUniformOptimizer(Optimizer):
 def optimize_nonuniform(steps: int, sigma_min: float | None = None, sigma_max: float | None = None,
                         p: float = 1.0, process="edm", starts=STARTS, quadrature="auto",
                         strict: bool = True, **kw):
-    """DM-NonUniform schedule for dpmpp_3m: returns (Schedule with solver="dpmpp_3m", info dict).
+    """DM-NonUniform schedule for dpmpp_3m_lagrange: returns (Schedule with solver="dpmpp_3m_lagrange", info dict).
 
     See NonUniformOptimizer for the arguments and `info()` for the report.  Raises
     ScheduleLabError when no start converged (strict=True); with strict=False the result comes

@@ -23,7 +23,7 @@ class Schedule:
         sigmas: tuple of n + 1 floats, strictly decreasing, last exactly 0.
         name: what made it ("karras", "ays", "imported", ...).
         params: the parameters that made it (JSON-serialisable).
-        solver: the solver it was optimized for, if any (e.g. "dpmpp_3m" for DM-NonUniform).
+        solver: the solver it was optimized for, if any (e.g. "dpmpp_3m_lagrange" for DM-NonUniform).
     """
 
     sigmas: tuple

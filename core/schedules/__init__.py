@@ -37,8 +37,9 @@ def make_schedule(name: str, steps: int, sigma_min: float | None = None, sigma_m
 
     sigma_min / sigma_max default to the table's range when `table` is given (as ComfyUI passes the
     model's range to karras, exponential, kl_optimal, laplace), else to 0.002 / 80. Table schedulers
-    (table_schedule_names()) need `table` and take their range from it. `denoise` < 1 (AYS presets
-    and table schedulers) keeps the low-noise end, as ComfyUI's schedulers do.
+    (table_schedule_names()) need `table` and take their range from it. `denoise` < 1 keeps the
+    low-noise end as ComfyUI does (BasicScheduler: int(n / denoise) steps built, the last n kept;
+    AYS presets: round(n * denoise) of the n-step preset's steps kept).
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ScheduleLabError(f"steps must be a positive integer; got {steps!r}")
@@ -59,8 +60,6 @@ def make_schedule(name: str, steps: int, sigma_min: float | None = None, sigma_m
         return ays_preset(name[4:], steps, denoise=denoise)
     if name not in HEURISTICS:
         raise unknown_name("schedule", name, schedule_names() + table_schedule_names())
-    if denoise != 1.0:
-        raise ScheduleLabError(f"denoise applies to AYS presets and table schedulers, not {name!r}")
     if table is not None:
         tab = get_table(table)
         sigma_min = tab.sigma_min if sigma_min is None else sigma_min
@@ -76,6 +75,10 @@ def make_schedule(name: str, steps: int, sigma_min: float | None = None, sigma_m
     if extra:
         raise ScheduleLabError(f"schedule {name!r} has no parameter {sorted(extra)[0]!r}; "
                                f"its parameters: {', '.join(sorted(allowed)) or 'none'}")
+    if denoise != 1.0:                  # ComfyUI BasicScheduler: int(n / denoise) steps, keep the last n
+        from core.schedules.tables import _denoise_total
+        full = make_schedule(name, _denoise_total(steps, denoise), sigma_min, sigma_max, table=table, **params)
+        return Schedule(full.sigmas[-(steps + 1):], name=full.name, params={**full.params, "denoise": denoise})
     if steps == 1:
         return Schedule((float(sigma_max), 0.0), name=name, params=params)
     s = fn(steps, sigma_min, sigma_max, **params)
@@ -98,3 +101,19 @@ def load_schedule(name_or_file: str, steps: int | None = None, sigma_min: float 
     if steps is None:
         raise ScheduleLabError(f"schedule {name_or_file!r} needs a step count")
     return make_schedule(name_or_file, steps, sigma_min, sigma_max, **params)
+
+
+def range_mismatch(schedule: Schedule, sigma_min: float, sigma_max: float, model: str = "the model") -> str | None:
+    """A sentence when the schedule's levels leave the model's [sigma_min, sigma_max], else None."""
+    lo, hi = schedule.sigma_min, schedule.sigma_max
+    tol = 1e-6
+    if hi <= sigma_max * (1 + tol) and lo >= sigma_min * (1 - tol):
+        return None
+    parts = []
+    if hi > sigma_max * (1 + tol):
+        parts.append(f"starts at sigma {hi:.4g}, above {model}'s sigma_max {sigma_max:.4g} (the first steps "
+                     "ask the model about noise it never saw)")
+    if lo < sigma_min * (1 - tol):
+        parts.append(f"ends at sigma {lo:.4g}, below {model}'s sigma_min {sigma_min:.4g}")
+    return f"{schedule.label()} " + " and ".join(parts) + "."
+

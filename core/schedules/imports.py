@@ -75,6 +75,8 @@ def _numbers(items, what="value") -> list:
         raise ScheduleLabError(f"more than {MAX_VALUES} values; a schedule has at most a few thousand levels")
     out = []
     for x in items:
+        if isinstance(x, (list, dict)):
+            raise ScheduleLabError("expected one flat list of numbers, found nested lists")
         if isinstance(x, bool) or not isinstance(x, (int, float, str)):
             raise ScheduleLabError(f"cannot read {str(x)[:40]!r} as a number; give a flat list of numbers")
         if isinstance(x, str):

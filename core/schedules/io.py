@@ -69,6 +69,10 @@ def export(schedule: Schedule, fmt: str = "json", table=None, model: str | None 
     """Schedule -> text in one of FORMATS (see the module docstring). `table` (a name or a diffusers
     config) is needed by diffusers_timesteps; `model` names the model in the provenance comment;
     `edm` overrides EDMEulerScheduler's sigma_min / sigma_max / rho for diffusers_edm."""
+    return _export(schedule, fmt, table, model, edm).rstrip("\n")
+
+
+def _export(schedule, fmt, table, model, edm) -> str:
     if not isinstance(schedule, Schedule):
         raise ScheduleLabError(f"export needs a Schedule; got {type(schedule).__name__}")
     s = schedule.sigmas

@@ -119,6 +119,9 @@ with left:
             st.session_state.sc_add_param = pname[1]
             st.session_state.sc_add_param_for = st.session_state.sc_add_name
         st.number_input(pname[0], min_value=1e-3, format="%.4g", key="sc_add_param")
+        if st.session_state.sc_add_name == "kl_optimal":
+            st.caption("c = 1 is ComfyUI's and A1111's kl_optimal; the default here, 0.5, is the toys' data "
+                       "std (AYS Theorem 3.1's c).")
     if st.session_state.sc_add_name.startswith("ays_"):
         st.caption("AYS presets keep their model's range (SD 1.5 / SDXL: the table's sigmas at the AYS "
                    "timesteps, as ComfyUI); other step counts are log-linearly interpolated as ComfyUI does.")

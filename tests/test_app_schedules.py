@@ -76,28 +76,31 @@ def _import(page, text, conv="auto", table=None, name=None):
     page.button(key="sc_import_btn").click().run()
 
 
-@pytest.mark.parametrize("fmt", FORMATS_PAGE)
-def test_export_then_reimport_gives_the_same_sigmas(page, fmt):
+def test_export_then_reimport_gives_the_same_sigmas_in_every_format(page):
     s = make_schedule("karras", 9, table="sd15", rho=5.0)       # inside the sd15 table: every format exists
     page.session_state["library"]["mine"] = s
     page.run()
     page.selectbox(key="sc_export_pick").set_value("mine").run()
-    text = page.session_state["sc_export"][fmt]
-    assert text == export(s, fmt, table="sd15" if fmt == "diffusers_timesteps" else None)
-    assert text in [c.value for c in page.code]                 # the snippet shown (with its copy button) ...
-    assert len(page.get("download_button")) == len(FORMATS_PAGE)    # ... and one download per format
-    _import(page, text, conv="timesteps" if fmt == "diffusers_timesteps" else "auto", table="sd15",
-            name=f"back_{fmt}")
-    assert_clean(page)
-    back = [v for k, v in _library(page).items() if k.startswith(f"back_{fmt}")]
-    assert back, list(_library(page))
-    if fmt == "diffusers_timesteps":                              # moved to the nearest training timesteps
-        from core.schedules.tables import nearest_timesteps
-        assert back[0].sigmas == tuple(nearest_timesteps(s, "sd15")["sigmas"]) + (0.0,)
-    elif fmt == "diffusers_edm":                                  # through EDMEuler's Karras ramp and back
-        np.testing.assert_allclose(back[0].sigmas, s.sigmas, rtol=1e-12)
-    else:
-        assert back[0].sigmas == s.sigmas                         # exact: shortest round-trip decimals
+    texts = dict(page.session_state["sc_export"])
+    assert list(texts) == FORMATS_PAGE
+    shown = [c.value for c in page.code]
+    assert len(page.get("download_button")) == len(FORMATS_PAGE)    # one download per format ...
+    for fmt in FORMATS_PAGE:
+        text = texts[fmt]
+        assert text == export(s, fmt, table="sd15" if fmt == "diffusers_timesteps" else None)
+        assert text in shown                                    # ... and the same text shown (with a copy button)
+        _import(page, text, conv="timesteps" if fmt == "diffusers_timesteps" else "auto", table="sd15",
+                name=f"back_{fmt}")
+        assert_clean(page)
+        back = [v for k, v in _library(page).items() if k.startswith(f"back_{fmt}")]
+        assert back, (fmt, list(_library(page)))
+        if fmt == "diffusers_timesteps":                          # moved to the nearest training timesteps
+            from core.schedules.tables import nearest_timesteps
+            assert back[0].sigmas == tuple(nearest_timesteps(s, "sd15")["sigmas"]) + (0.0,)
+        elif fmt == "diffusers_edm":                              # through EDMEuler's Karras ramp and back
+            np.testing.assert_allclose(back[0].sigmas, s.sigmas, rtol=1e-12)
+        else:
+            assert back[0].sigmas == s.sigmas, fmt                # exact: shortest round-trip decimals
 
 
 def test_a_schedule_outside_the_table_has_no_timesteps_export_and_a_range_warning(page):

@@ -109,24 +109,39 @@ def run_snippet(text, **env):
     return ns
 
 
-def test_diffusers_snippet_runs_n_steps_and_ends_at_zero_with_euler_discrete():
+@pytest.fixture(scope="module")
+def unet():
     from test_diffusers_loader import tiny_unet
+    return tiny_unet().eval()
+
+
+def unet_loop(unet, sched) -> int:
+    """diffusers' own denoising loop on a tiny UNet2DModel; returns the number of UNet calls."""
+    calls = 0
+    x = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * sched.init_noise_sigma
+    with torch.no_grad():
+        for t in sched.timesteps:
+            calls += 1
+            x = sched.step(unet(sched.scale_model_input(x, t), t).sample, t, x).prev_sample
+    assert torch.isfinite(x).all()
+    return calls
+
+
+def test_diffusers_snippet_runs_n_steps_and_ends_at_zero_with_euler_discrete(unet):
     s = make_schedule("karras", 10, table="sd15")
     ns = run_snippet(export(s, "diffusers", model="sd15"))
     sched = EulerDiscreteScheduler(**SD15)
     sched.set_timesteps(sigmas=ns["sigmas"])
     assert len(sched.timesteps) == 10 and float(sched.sigmas[-1]) == 0.0
     close_f32(sched.sigmas.double(), np.float32(s.sigmas))
-    unet, calls = tiny_unet().eval(), []
-    x = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * sched.init_noise_sigma
-    with torch.no_grad():
-        for t in sched.timesteps:
-            calls.append(float(t))
-            x = sched.step(unet(sched.scale_model_input(x, t), t).sample, t, x).prev_sample
-    assert len(calls) == 10 and sched.step_index == 10 and torch.isfinite(x).all()
+    assert unet_loop(unet, sched) == 10 and sched.step_index == 10
+    # the old export (no final 0) ran one step short and stopped at sigma_min
+    short = EulerDiscreteScheduler(**SD15)
+    short.set_timesteps(sigmas=ns["sigmas"][:-1])
+    assert len(short.timesteps) == 9 and float(short.sigmas[-1]) == pytest.approx(s.sigma_min, rel=1e-6)
 
 
-def test_edm_euler_takes_the_tensor_form_and_lands_on_our_levels():
+def test_edm_euler_takes_the_tensor_form_and_lands_on_our_levels(unet):
     s = make_schedule("karras", 12, 0.01, 50.0, rho=5.0)
     with pytest.raises(AttributeError):                         # the old export: a plain list
         EDMEulerScheduler().set_timesteps(sigmas=list(s.sigmas[:-1]))
@@ -135,10 +150,11 @@ def test_edm_euler_takes_the_tensor_form_and_lands_on_our_levels():
     sched.set_timesteps(sigmas=ns["ramp"])
     assert len(sched.timesteps) == 12 and float(sched.sigmas[-1]) == 0.0
     close_f32(sched.sigmas.double(), np.float32(s.sigmas))
+    assert unet_loop(unet, sched) == 12
 
 
 @pytest.mark.parametrize("cls", [DPMSolverMultistepScheduler, HeunDiscreteScheduler, EulerDiscreteScheduler])
-def test_timesteps_export_runs_where_diffusers_accepts_timesteps(cls):
+def test_timesteps_export_runs_where_diffusers_accepts_timesteps(cls, unet):
     s = make_schedule("karras", 8, table="sd15")
     text = export(s, "diffusers_timesteps", table="sd15", model="sd15")
     m = nearest_timesteps(s, "sd15")
@@ -151,6 +167,7 @@ def test_timesteps_export_runs_where_diffusers_accepts_timesteps(cls):
     if cls is HeunDiscreteScheduler:                              # Heun repeats each interior timestep
         ts = [t for i, t in enumerate(ts) if i == 0 or t != ts[i - 1]]
     assert ts == m["timesteps"] and float(sched.sigmas[-1]) == 0.0
+    assert unet_loop(unet, sched) == (2 * 8 - 1 if cls is HeunDiscreteScheduler else 8)   # Heun: 2n - 1 calls
     abar = sched.alphas_cumprod.double()
     np.testing.assert_allclose(sorted(set(sched.sigmas.double().tolist()))[1:][::-1],
                                ((1 - abar) / abar).sqrt()[m["timesteps"]], rtol=1e-6)
@@ -309,3 +326,19 @@ def test_convert_command(tmp_path):
     f.write_bytes(b"\xff\xfe")
     rc, _, err = cli("convert", str(f))
     assert rc == 2 and "UTF-8" in err
+
+
+def test_a_diffusers_scheduler_config_file_is_a_table(tmp_path):
+    EulerDiscreteScheduler(**SD15, timestep_spacing="leading", steps_offset=1).save_config(tmp_path)
+    cfg = str(tmp_path / "scheduler_config.json")
+    assert np.array_equal(get_table(cfg).sigmas, get_table("sd15").sigmas)
+    rc, out, err = cli("schedule", "normal", "--steps", "10", "--table", cfg, "--format", "json")
+    assert rc == 0, err
+    assert json.loads(out)["sigmas"] == list(make_schedule("normal", 10, table="sd15").sigmas)
+    lin = get_table("ddpm-linear")
+    assert lin.sigma_min == pytest.approx(0.01, rel=1e-3) and lin.sigma_max == pytest.approx(157.4, rel=1e-3)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ScheduleLabError, match="JSON object"):
+        get_table(str(tmp_path / "bad.json"))
+    with pytest.raises(ScheduleLabError, match="unknown noise table 'sd16'"):
+        get_table("sd16")

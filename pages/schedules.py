@@ -7,7 +7,8 @@ import streamlit as st
 from app_lib import plots
 from app_lib.state import SCHEDULE_PARAMS, add_to_library, init_widgets, library, settings, toy_model
 from core.errors import ScheduleLabError
-from core.schedules import TABLES, export, make_schedule, parse, range_mismatch, schedule_names
+from core.schedules import (TABLES, export, make_schedule, parse, range_mismatch, schedule_names,
+                            table_schedule_names)
 from core.schedules.io import provenance
 from core.viz_data import schedule_table
 
@@ -57,8 +58,11 @@ def _add_heuristic():
     name = ss.sc_add_name
     params = {SCHEDULE_PARAMS[name][0]: float(ss.sc_add_param)} if name in SCHEDULE_PARAMS else {}
     try:
-        s = make_schedule(name, int(ss.sc_add_steps), sigma_min=float(ss.sc_add_smin),
-                          sigma_max=float(ss.sc_add_smax), **params)
+        if name in table_schedule_names():
+            s = make_schedule(name, int(ss.sc_add_steps), table=ss.sc_add_table)
+        else:
+            s = make_schedule(name, int(ss.sc_add_steps), sigma_min=float(ss.sc_add_smin),
+                              sigma_max=float(ss.sc_add_smax), **params)
         _say("add", "success", f"added {add_to_library(s)!r}")
     except ScheduleLabError as e:
         _say("add", "error", str(e))
@@ -107,11 +111,17 @@ left, right = st.columns(2)
 with left:
     st.subheader("Add a heuristic or preset")
     init_widgets({"sc_add_name": "karras", "sc_add_steps": 10, "sc_add_smin": 0.002, "sc_add_smax": 80.0})
-    st.selectbox("Schedule", schedule_names(), key="sc_add_name")
+    st.selectbox("Schedule", schedule_names() + table_schedule_names(), key="sc_add_name",
+                 help="The last ones are ComfyUI's and diffusers' schedulers on a model's noise table.")
     a = st.columns(3)
     a[0].number_input("Steps", min_value=1, max_value=1000, step=1, key="sc_add_steps")
-    a[1].number_input("sigma_min", min_value=1e-6, format="%.4g", key="sc_add_smin")
-    a[2].number_input("sigma_max", min_value=1e-5, format="%.4g", key="sc_add_smax")
+    if st.session_state.sc_add_name in table_schedule_names():
+        init_widgets({"sc_add_table": "sd15"})
+        a[1].selectbox("Noise table", list(TABLES), key="sc_add_table",
+                       help="The model table the scheduler picks its levels from (its range comes with it).")
+    else:
+        a[1].number_input("sigma_min", min_value=1e-6, format="%.4g", key="sc_add_smin")
+        a[2].number_input("sigma_max", min_value=1e-5, format="%.4g", key="sc_add_smax")
     pname = SCHEDULE_PARAMS.get(st.session_state.sc_add_name)
     if pname:
         if st.session_state.get("sc_add_param_for") != st.session_state.sc_add_name or \

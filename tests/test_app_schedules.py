@@ -1,5 +1,7 @@
 """Schedules page through AppTest: the library plot and table, adding a heuristic, importing
 good and bad schedules, and exporting then re-importing every format."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -116,6 +118,18 @@ def test_a_schedule_outside_the_table_has_no_timesteps_export_and_a_range_warnin
     assert not any("sidebar's model" in w.value for w in page.warning)
 
 
+def test_add_a_comfyui_table_scheduler(page):
+    import json
+    fx = json.loads((Path(__file__).parent / "fixtures" / "comfyui_schedulers.json").read_text())
+    page.selectbox(key="sc_add_name").set_value("beta").run()
+    page.selectbox(key="sc_add_table").set_value("sd15")
+    page.number_input(key="sc_add_steps").set_value(10)
+    page.button(key="sc_add_btn").click().run()
+    assert_clean(page)
+    got = _library(page)["beta (10 steps)"]
+    np.testing.assert_allclose(got.sigmas, fx["sd15"]["beta"]["10"], rtol=2e-6)      # ComfyUI's beta, sd15 table
+
+
 def test_import_conventions_are_explicit(page):
     before = dict(_library(page))
     _import(page, "tensor([999., 850., 736., 645., 0.])")            # auto: looks like timesteps -> refused
@@ -139,7 +153,10 @@ def test_comfyui_string_from_ays_preset_imports(page):
     page.button(key="sc_import_btn").click().run()
     assert_clean(page)
     assert "imported" in page.success[0].value
-    assert make_schedule("ays_sd15", 10).sigmas in [s.sigmas for s in _library(page).values()]
+    from core.schedules.presets import AYS_PAPER_SIGMAS
+    got = _library(page)["imported (10 steps)"]
+    assert got.sigmas == tuple(AYS_PAPER_SIGMAS["sd15"][:-1]) + (0.0,)        # the paper's 3-decimal levels
+    assert got.sigmas != make_schedule("ays_sd15", 10).sigmas                 # ComfyUI's exact preset differs
 
 
 def test_remove(page):

@@ -276,6 +276,9 @@ def test_timesteps_need_a_table_and_flow_t_is_not_taken_as_sigmas():
     ("1e999, 0", "finite"),
     ("nan, 0", "finite"),
     ("14.6, abc, 0", "cannot read 'abc'"),
+    ("scheduler_kwargs = dict(sigma_min=0.002, sigma_max=80.0, rho=1e-300)\nramp = torch.tensor([0.5])", "overflow"),
+    ("scheduler_kwargs = dict(sigma_min=0.002, sigma_max=80.0, rho=7)\nramp = torch.tensor([-1e300])", "overflow"),
+    ('{"sigmas": [1, 0], "solver": [1]}', "'solver'"),
     (None, "nothing to import"),
     (12, "cannot import a int"),
 ])

@@ -38,7 +38,7 @@ def read_source(src: str):
     p = Path(src)
     try:
         is_file = len(src) < 4096 and p.is_file()
-    except OSError:
+    except (OSError, ValueError):                 # e.g. a NUL byte in the text
         is_file = False
     if is_file:
         if p.stat().st_size > MAX_CHARS:

@@ -129,6 +129,8 @@ def read_values(text) -> tuple:
         meta = {k: obj.get(k) for k in ("name", "params", "solver") if obj.get(k) is not None}
         if "params" in meta and not isinstance(meta["params"], dict):
             raise ScheduleLabError("a schedule JSON's 'params' must be an object")
+        if "solver" in meta and not isinstance(meta["solver"], str):
+            raise ScheduleLabError("a schedule JSON's 'solver' must be a string")
         return _numbers(obj[key]), key, meta
     if isinstance(obj, list):
         return _numbers(obj), None, {}
@@ -171,8 +173,12 @@ def _edm_ramp(kw_line: str, ramp_line: str) -> tuple:
     if not (0 < smin < smax and rho > 0):
         raise ScheduleLabError("scheduler_kwargs need 0 < sigma_min < sigma_max and rho > 0")
     inner = ramp_line.split("[", 1)[-1].split("]", 1)[0]
-    a, b = smax ** (1 / rho), smin ** (1 / rho)
-    sig = [(a + r * (b - a)) ** rho if a + r * (b - a) > 0 else -1.0 for r in _numbers(_tokens(inner))]
+    try:
+        a, b = smax ** (1 / rho), smin ** (1 / rho)
+        sig = [(a + r * (b - a)) ** rho if a + r * (b - a) > 0 else -1.0 for r in _numbers(_tokens(inner))]
+    except (OverflowError, ZeroDivisionError):
+        raise ScheduleLabError("the EDMEulerScheduler ramp or its settings overflow; check sigma_min, "
+                               "sigma_max, rho and the ramp values") from None
     return sig + [0.0], "sigmas", {"params": {"from": "EDMEulerScheduler ramp"}}
 
 
@@ -227,11 +233,12 @@ def parse(text, name: str = "imported", convention: str = "auto", table=None,
         if vals and vals[0] >= 1:
             raise ScheduleLabError(f"flow t = {vals[0]:g} is pure noise (sigma = t / (1 - t) = inf); start below "
                                    "1, e.g. replace the first value by 0.999 (sigma 999)")
-        if any(v < 0 for v in vals):
-            raise ScheduleLabError("flow t must lie in [0, 1)")
+        if any(v < 0 or v >= 1 for v in vals):
+            raise ScheduleLabError("flow t must lie in [0, 1) (descending, ending in 0)")
         if append_zero and vals and vals[-1] != 0:
             vals = vals + [0.0]
-        return Schedule(tuple(v / (1 - v) for v in vals), name=nm, params=params)
+        from core.processes import FlowMatching
+        return Schedule(tuple(FlowMatching().sigma(vals).tolist()), name=nm, params=params)
     if append_zero and vals and vals[-1] != 0:
         vals = vals + [0.0]
     return Schedule(tuple(vals), name=nm, params=params, solver=meta.get("solver"))

@@ -271,6 +271,7 @@ def test_timesteps_need_a_table_and_flow_t_is_not_taken_as_sigmas():
     ("[" + "1" * 5000 + ", 0]", "more than 64 characters"),   # past Python's int-digit limit: not JSON
     ("tensor([14.6146, 6.4746, ..., 0.0000])", "truncated"),
     ("[[1, 2], [3, 0]]", "nested"),
+    ("a = [3, 1, 0]\nb = [2, 1, 0]", "more than one list"),
     ('{"sigmas": "14, 0"}', "'sigmas' list"),
     ('{"sigmas": [1, 0], "params": 3}', "params"),
     ("1e999, 0", "finite"),

@@ -147,9 +147,11 @@ def read_values(text) -> tuple:
         pre, rest = body.split("[", 1)
         if "]" not in rest:
             raise ScheduleLabError("a '[' has no closing ']'")
-        inner = rest.split("]", 1)[0]
+        inner, after = rest.split("]", 1)
         if "[" in inner:
             raise ScheduleLabError("expected one flat list of numbers, found nested lists")
+        if "[" in after:
+            raise ScheduleLabError("found more than one list; paste the one list of sigmas or timesteps")
         low = pre.lower()
         hint = "timesteps" if "timestep" in low else "sigmas" if "sigma" in low else None
         body = inner

@@ -346,3 +346,12 @@ def test_a_diffusers_scheduler_config_file_is_a_table(tmp_path):
         get_table(str(tmp_path / "bad.json"))
     with pytest.raises(ScheduleLabError, match="unknown noise table 'sd16'"):
         get_table("sd16")
+
+
+def test_an_imported_name_cannot_inject_code_into_a_snippet():
+    s = parse('{"sigmas": [3, 1, 0], "name": "x\\nimport os\\rY = 1", "params": {"k": "a\\u2028b"}}')
+    for fmt in ("comfyui_tensor", "diffusers", "diffusers_edm", "kdiffusion"):
+        ns = run_snippet(export(s, fmt).replace("import k_diffusion as K", "K = None"))
+        assert "os" not in ns and "Y" not in ns
+        assert export(s, fmt).splitlines()[0].startswith("# Schedule Lab: x import os Y = 1")
+

@@ -25,6 +25,7 @@ settings); the bare-value formats (comfyui, list) cannot hold one: `provenance()
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 
@@ -52,9 +53,11 @@ def provenance(schedule: Schedule, model: str | None = None) -> str:
     p = dict(schedule.params or {})
     mdl = model or p.get("table") or p.get("preset") or "any (EDM sigma)"
     settings = ", ".join(f"{k}={v}" for k, v in sorted(p.items()) if k != "table") or "defaults"
-    return (f"Schedule Lab: {schedule.name}, {schedule.steps} steps, sigma {plain(schedule.sigma_max)} .. "
+    line = (f"Schedule Lab: {schedule.name}, {schedule.steps} steps, sigma {plain(schedule.sigma_max)} .. "
             f"{plain(schedule.sigma_min)} then 0; model: {mdl}; solver: {schedule.solver or 'any'}; "
             f"settings: {settings}")
+    # one comment line whatever an imported name holds: no line break may end the comment early
+    return re.sub(r"[\x00-\x1f\x7f\u0085\u2028\u2029]", " ", line)[:2000]
 
 
 def edm_euler_ramp(schedule: Schedule, sigma_min: float = 0.002, sigma_max: float = 80.0,

@@ -206,7 +206,8 @@ def test_every_python_export_carries_provenance():
         assert part in line, part
     for fmt in ("comfyui_tensor", "diffusers", "diffusers_edm", "diffusers_timesteps", "kdiffusion"):
         assert export(s, fmt, table="sd15", model="sd15").startswith("# " + line), fmt
-    assert json.loads(export(s, "json"))["params"]["rho"] == 5.0 and json.loads(export(s, "json"))["solver"] == "dpmpp_2m"
+    d = json.loads(export(s, "json", model="sd15"))
+    assert d["params"]["rho"] == 5.0 and d["solver"] == "dpmpp_2m" and d["provenance"] == line
 
 
 # ---------------------------------------------------------------- ComfyUI ManualSigmas

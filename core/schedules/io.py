@@ -1,7 +1,7 @@
 """Export schedules to the tools people run them in, each snippet runnable as pasted (methods.md s.9).
 
 Formats (`export(schedule, fmt)`), n steps = n + 1 levels ending in 0:
-    json                 our JSON (name, params, solver: the provenance travels inside).
+    json                 our JSON (name, params, solver) with the provenance line as a 'provenance' field.
     comfyui              a ManualSigmas node string: the n + 1 levels in plain decimals (ManualSigmas reads
                          numbers with the regex [-+]?(?:\\d*\\.*\\d+), which has no exponent, so 1e-05 would
                          read as 1.0 and -5.0). No comment: every digit in that field becomes a sigma.
@@ -81,7 +81,7 @@ def _export(schedule, fmt, table, model, edm) -> str:
     s = schedule.sigmas
     head = "# " + provenance(schedule, model or (table if isinstance(table, str) else None)) + "\n"
     if fmt == "json":
-        return schedule.to_json()
+        return json.dumps({**schedule.to_dict(), "provenance": head[2:-1]}, indent=1)
     if fmt == "comfyui":
         return ", ".join(plain(v) for v in s)
     if fmt == "list":

@@ -31,7 +31,8 @@ def test_schedule_formats():
     d = json.loads(out)
     assert d["params"] == {"c": 1.0} and len(d["sigmas"]) == 6
     rc, out, _ = run("schedule", "ays_sd15", "--steps", "10", "--format", "diffusers")
-    assert out.startswith("sigmas=[14.615, 6.475")
+    assert out.startswith("# Schedule Lab: ays_sd15, 10 steps")
+    assert "sigmas = [14.614641229333639, 6.474576095621179, " in out and "0.15152326618344922, 0.0]" in out
 
 
 def test_sample_json_contract(tmp_path):

@@ -13,13 +13,18 @@ def register(sub):
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=fn)
 
+    from core.schedules import FORMATS
     p = sub.add_parser("schedule", help="print a schedule")
     p.add_argument("name")
     p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--sigma-min", type=float, default=0.002)
-    p.add_argument("--sigma-max", type=float, default=80.0)
+    p.add_argument("--sigma-min", type=float, default=None, help="default: the table's, else 0.002")
+    p.add_argument("--sigma-max", type=float, default=None, help="default: the table's, else 80")
+    p.add_argument("--table", default=None, help="model noise table: sd15|sdxl|sd2|ddpm-linear|ddpm-cosine or a "
+                                                 "diffusers scheduler config JSON (needed by table schedulers)")
+    p.add_argument("--denoise", type=float, default=1.0, help="ComfyUI's denoise (AYS presets, table schedulers)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--format", default="json", choices=["json", "comfyui", "diffusers", "kdiffusion", "list"])
+    p.add_argument("--model", default=None, help="model named in the export's provenance comment")
+    p.add_argument("--format", default="json", choices=FORMATS)
     p.set_defaults(func=_schedule)
 
     p = sub.add_parser("sample", help="sample a toy and score it against the exact density")
@@ -52,14 +57,20 @@ def _solvers(a):
 
 
 def _schedules(a):
-    from core.schedules import schedule_names
-    emit(list(schedule_names()), a.json, "\n".join(schedule_names()))
+    from core.schedules import schedule_names, table_schedule_names
+    names = list(schedule_names()) + list(table_schedule_names())
+    emit(names, a.json, "\n".join(list(schedule_names()) + [f"{n}  (needs --table)" for n in table_schedule_names()]))
 
 
 def _schedule(a):
+    import sys
     from core.schedules import export, make_schedule
-    s = make_schedule(a.name, a.steps, a.sigma_min, a.sigma_max, **parse_params(a.param))
-    print(export(s, a.format))
+    from core.schedules.io import provenance
+    s = make_schedule(a.name, a.steps, a.sigma_min, a.sigma_max, table=a.table, denoise=a.denoise,
+                      **parse_params(a.param))
+    if a.format in ("comfyui", "list"):
+        sys.stderr.write("# " + provenance(s, a.model) + "\n")
+    print(export(s, a.format, table=a.table, model=a.model))
 
 
 def _sample(a):

@@ -65,20 +65,25 @@ class Schedule:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Schedule":
-        if not isinstance(d, dict) or "sigmas" not in d:
+        if not isinstance(d, dict) or not isinstance(d.get("sigmas"), (list, tuple)):
             raise ScheduleLabError("a schedule JSON needs a 'sigmas' list (descending, ending in 0)")
-        return cls(tuple(d["sigmas"]), name=str(d.get("name", "imported")),
-                   params=dict(d.get("params") or {}), solver=d.get("solver"))
+        params, solver = d.get("params") or {}, d.get("solver")
+        if not isinstance(params, dict) or not (solver is None or isinstance(solver, str)):
+            raise ScheduleLabError("a schedule JSON's 'params' must be an object and 'solver' a string")
+        return cls(tuple(d["sigmas"]), name=str(d.get("name", "imported"))[:200], params=dict(params),
+                   solver=solver)
 
     @classmethod
     def load(cls, path) -> "Schedule":
         p = Path(path)
         if not p.is_file():
             raise ScheduleLabError(f"schedule file {str(p)!r} not found")
+        if p.stat().st_size > 1 << 22:
+            raise ScheduleLabError(f"schedule file {str(p)!r} is larger than 4 MiB; a schedule is a short list")
         try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ScheduleLabError(f"schedule file {str(p)!r} is not valid JSON: {e}") from None
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
+            raise ScheduleLabError(f"schedule file {str(p)!r} is not valid UTF-8 JSON: {e}") from None
         if isinstance(d, list):
             d = {"sigmas": d, "name": p.stem}
         return cls.from_dict(d)
@@ -91,7 +96,7 @@ def validate_sigmas(sigmas, name: str = "schedule") -> tuple:
     """Check a sigma sequence; return it as a tuple of floats or raise ScheduleLabError."""
     try:
         vals = tuple(float(s) for s in (sigmas.tolist() if hasattr(sigmas, "tolist") else sigmas))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ScheduleLabError(f"{name}: sigmas must be a list of numbers") from None
     if len(vals) < 2:
         raise ScheduleLabError(f"{name}: a schedule needs at least 2 levels (sigma_max and the final 0); "

@@ -1,0 +1,256 @@
+"""OSS, Optimal Stepsize for diffusion sampling (Pei et al. 2025, arXiv 2503.21774; reference code
+bebebe666/OptimalSteps, OSS/OSS.py `search_OSS`; methods.md s.8).
+
+Teacher: one many-step trajectory per sample (`teacher_steps` = 200 steps of the same solver, as the
+reference does) on a fine grid g_0 = sigma_max > ... > g_N = sigma_min (EDM's polynomial grid,
+rho = 7; the reference steps uniformly in its flow-matching t). Student: n levels on that grid.
+
+Dynamic programming over (student step k, teacher level j) that carries the STUDENT's own state:
+
+    z[0][0] = x_T,  dp[k][j] = min_{i < j} || step(z[k-1][i], hist[k-1][i]; g_i -> g_j) - x_teacher_j ||^2
+    z[k][j], hist[k][j] = the state (and solver memory) reached by the argmin i.
+
+so the cost at each (k, j) is the student's global error against the teacher, not a local one.
+Multistep solvers carry their history (past D or slopes and their step sizes) in the DP state
+(the reference is Euler-only, where the state is x alone). Per sample (the reference's
+`search_OSS`, one schedule per noise; `per_sample=True` returns their position-wise median, the
+reference's `cal_medium`) or "OSS-ave" (default): the DP on the error averaged over the batch, one
+shared choice per (k, j), each sample still carrying its own state.
+
+Our convention (core.optimizers.trajectory): the path has n levels, 0 -> ... -> N (n - 1 jumps on
+the grid); the n-th call is the solver's step from sigma_min to 0, common to every path. The
+reference's last jump lands on t = 0 from any level and its first may start from any level with the
+initial noise; here sigma_max and sigma_min are fixed, as for every optimizer here. With exact
+jump counts (the reference keeps the best of "at most k" jumps in its rows) the two agree on
+the recorded fixture (tests/fixtures/oss_reference.json).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from core.errors import ScheduleLabError
+from core.optimizers.base import Optimizer, ProgressEvent
+from core.optimizers.steppers import call_model
+from core.optimizers.trajectory import check_common, polynomial_grid, schedule_from_path, teacher_trajectory
+from core.sampling import initial_noise
+from core.schedules import Schedule, make_schedule
+
+
+@torch.no_grad()
+def oss_row(model, stepper, levels, teacher, z, hist, sources, lo, hi, k, n, per_sample, max_elems=1 << 22):
+    """One DP row: every source i in `sources` jumps to every later level j in lo..hi.
+
+    Args:
+        levels: [G] descending levels (float64 tensor); teacher: [G, B, *event] teacher states.
+        z, hist: the previous row's carried states [G, B, *event] and solver memory (tuple of same).
+        k: the step index of these jumps (0-based), n: the schedule's step count.
+    Returns:
+        src [G, B] the argmin source per (j, b) (-1 outside lo..hi) and the new carried z, hist.
+        Ties go to the lowest source index (the reference scans from the noise end, strict <).
+    """
+    G, B = teacher.shape[0], teacher.shape[1]
+    T = hi - lo + 1
+    ev = tuple(range(2, teacher.ndim))
+    dev = teacher.device
+    D_all = call_model(model, z[sources], levels[sources][:, None].expand(len(sources), B))
+    best = torch.full((T, B) if per_sample else (T,), math.inf, dtype=torch.float64, device=dev)
+    src = torch.full((T, B), -1, dtype=torch.long, device=dev)
+    new_z, new_hist = z[lo:hi + 1].clone(), tuple(h[lo:hi + 1].clone() for h in hist)
+    tgt = torch.arange(lo, hi + 1, device=dev)
+    chunk = max(1, max_elems // (T * B * max(1, int(np.prod(teacher.shape[2:])))))
+    rows, cols = torch.arange(T, device=dev)[:, None], torch.arange(B, device=dev)[None, :]
+    for c0 in range(0, len(sources), chunk):
+        ids = torch.as_tensor(sources[c0:c0 + chunk], device=dev)
+        S = len(ids)
+        x = z[ids][:, None].expand(S, T, *z.shape[1:])
+        D = D_all[c0:c0 + S][:, None].expand_as(x)
+        h = tuple(t[ids][:, None].expand(S, T, *t.shape[1:]) for t in hist)
+        s = levels[ids][:, None, None].expand(S, T, B)
+        valid = (ids[:, None] < tgt[None, :])[..., None].expand(S, T, B)
+        s_next = torch.where(valid, levels[tgt][None, :, None].expand(S, T, B), s * 0.5)   # dummy jumps masked
+        xp, hp = stepper.step(model, x, s, s_next, D, h, k, n)
+        e = (xp - teacher[lo:hi + 1][None]).pow(2).mean(dim=tuple(d + 1 for d in ev))  # [S, T, B] MSE
+        e = torch.where(valid, e, math.inf)
+        if per_sample:
+            e_min, arg = e.min(dim=0)                                    # first minimum = lowest source
+        else:
+            e_min, arg = e.mean(dim=2).min(dim=0)                        # OSS-ave: [T]
+        upd = e_min < best
+        best = torch.where(upd, e_min, best)
+        if not per_sample:
+            arg, upd = arg[:, None].expand(T, B), upd[:, None].expand(T, B)
+        src = torch.where(upd, ids[arg], src)
+        m = upd.reshape(T, B, *([1] * len(ev)))
+        new_z = torch.where(m, xp[arg, rows, cols], new_z)
+        new_hist = tuple(torch.where(m, a[arg, rows, cols], b) for a, b in zip(hp, new_hist))
+    out_src = torch.full((G, B), -1, dtype=torch.long, device=dev)
+    out_src[lo:hi + 1] = src
+    z, hist = z.clone(), tuple(t.clone() for t in hist)
+    z[lo:hi + 1] = new_z
+    for t, u in zip(hist, new_hist):
+        t[lo:hi + 1] = u
+    return out_src, z, hist
+
+
+@torch.no_grad()
+def iter_oss(model, stepper, levels, teacher, jumps: int, per_sample: bool, n_total=None):
+    """The OSS DP over `jumps` jumps from levels[0] to levels[-1], a generator of rows.
+
+    Args:
+        levels: [G] descending levels; teacher: [G, B, *event] teacher states (teacher[0] = start).
+        jumps: number of jumps m on the grid (our schedules: n - 1).
+        per_sample: one path per sample (else one shared "OSS-ave" path).
+        n_total: the schedule's step count passed to the stepper (default jumps + 1).
+    Yields after each row k a dict {"row": k + 1, "rows": m, "mse": [G, B] student error (inf where
+    unreached)}; the last one also has "paths" [B, m + 1] (grid indices, 0 first, G - 1 last).
+    """
+    G, B = teacher.shape[0], teacher.shape[1]
+    levels = torch.as_tensor(levels, dtype=torch.float64, device=teacher.device)
+    if not 1 <= jumps <= G - 1:
+        raise ScheduleLabError(f"{jumps} jumps need at least {jumps + 1} grid levels; got {G}")
+    n_total = jumps + 1 if n_total is None else n_total
+    z = teacher[:1].expand(G, *teacher.shape[1:]).clone()
+    hist = stepper.empty(z)
+    sources, trace = [0], []
+    for k in range(jumps):
+        lo, hi = k + 1, G - 1 - (jumps - 1 - k)               # reachable in k + 1 jumps, can still finish
+        if k == jumps - 1:
+            lo = hi = G - 1
+        src, z, hist = oss_row(model, stepper, levels, teacher, z, hist, sources, lo, hi, k, n_total, per_sample)
+        trace.append(src)
+        sources = list(range(lo, hi + 1))
+        ev = tuple(range(2, teacher.ndim))
+        mse = torch.where(src >= 0, (z - teacher).pow(2).mean(dim=ev), math.inf)
+        out = {"row": k + 1, "rows": jumps, "mse": mse}
+        if k == jumps - 1:
+            path = [torch.full((B,), G - 1, dtype=torch.long, device=teacher.device)]
+            for kk in range(jumps - 1, -1, -1):
+                path.append(trace[kk][path[-1], torch.arange(B, device=teacher.device)])
+            out["paths"] = torch.stack(path[::-1], dim=1)
+        yield out
+
+
+def oss_search(model, stepper, levels, teacher, jumps: int, per_sample: bool, n_total=None):
+    """iter_oss to the end -> (paths [B, m + 1], final MSE [B] at levels[-1])."""
+    for out in iter_oss(model, stepper, levels, teacher, jumps, per_sample, n_total):
+        pass
+    return out["paths"], out["mse"][-1]
+
+
+def median_path(paths) -> list:
+    """Position-wise median of per-sample paths, as the reference's `cal_medium`:
+    sorted l, (l[B//2] + l[B//2 - 1]) // 2 (B = 1: the path itself)."""
+    P = np.sort(np.asarray(paths, dtype=np.int64), axis=0)
+    B = P.shape[0]
+    if B == 1:
+        return P[0].tolist()
+    return ((P[B // 2] + P[B // 2 - 1]) // 2).tolist()
+
+
+class OSSOptimizer(Optimizer):
+    """OSS as an Optimizer: one event for the teacher, one per DP row (student step), then the schedule.
+
+    Args:
+        model: any Denoiser.
+        steps: n (schedule levels before the final 0; NFE n, Heun 2n - 1).
+        solver: euler | heun | dpmpp_2m | ipndm | dpmpp_3m (the student; multistep history in the state).
+        sigma_min, sigma_max: path endpoints (default: the model's).
+        n_samples: noises (the reference searches a batch; OSS-ave averages the error over it).
+        teacher_steps: N, teacher steps on the grid (reference 200); the grid has N + 1 levels.
+        per_sample: per-sample paths and their median (reference `search_OSS` + `cal_medium`),
+            else OSS-ave.
+        teacher: teacher solver (default: the student's, as the reference).
+        rho: grid exponent (EDM polynomial grid).
+        seed: noise seed (core.sampling.initial_noise).
+    State: the finished path only (a stopped run restarts its DP; it takes seconds on toys).
+    """
+
+    method = "oss"
+
+    def __init__(self, model, steps: int, solver: str = "dpmpp_2m", *, sigma_min=None, sigma_max=None,
+                 n_samples: int = 64, teacher_steps: int = 200, per_sample: bool = False, teacher=None,
+                 rho: float = 7.0, seed: int = 0):
+        if isinstance(teacher_steps, bool) or not isinstance(teacher_steps, (int, np.integer)) or teacher_steps < 2:
+            raise ScheduleLabError(f"teacher_steps must be an integer >= 2 (reference 200); got {teacher_steps!r}")
+        self.stepper, self.sigma_min, self.sigma_max = check_common(model, steps, solver, sigma_min, sigma_max,
+                                                                    n_samples, teacher_steps + 1, "teacher levels")
+        self.teacher_stepper = self.stepper if teacher is None else check_common(
+            model, steps, teacher, sigma_min, sigma_max, n_samples, teacher_steps + 1)[0]
+        self.model, self.steps, self.n_samples = model, int(steps), int(n_samples)
+        self.teacher_steps, self.per_sample, self.rho, self.seed = int(teacher_steps), bool(per_sample), float(rho), int(seed)
+        self.grid = polynomial_grid(self.teacher_steps + 1, self.sigma_min, self.sigma_max, self.rho)
+        self.path, self.paths, self.final_error = None, None, None
+        self.iteration, self.seconds = 0, 0.0
+        self._placeholder = make_schedule("karras", self.steps, self.sigma_min, self.sigma_max)
+
+    def _config(self) -> dict:
+        return {"steps": self.steps, "solver": self.stepper.name, "sigma_min": self.sigma_min,
+                "sigma_max": self.sigma_max, "n_samples": self.n_samples, "teacher_steps": self.teacher_steps,
+                "per_sample": self.per_sample, "teacher": self.teacher_stepper.name, "rho": self.rho,
+                "seed": self.seed, "model": getattr(self.model, "name", "model")}
+
+    def events(self):
+        if self.path is not None:
+            return
+        t0 = time.perf_counter()
+        x = initial_noise(self.model, self.n_samples, self.sigma_max, self.seed, dtype=torch.float64)
+        teacher, _ = teacher_trajectory(self.model, self.teacher_stepper, self.grid, x)
+        self.iteration += 1
+        yield ProgressEvent(self.method, self.iteration, self._placeholder, math.nan,
+                            message=f"teacher: {self.teacher_steps} {self.teacher_stepper.name} steps, "
+                                    f"{self.n_samples} samples", extra={"row": 0, "rows": self.steps - 1})
+        for out in iter_oss(self.model, self.stepper, self.grid, teacher, self.steps - 1, self.per_sample,
+                            n_total=self.steps):
+            if "paths" in out:
+                break
+            self.iteration += 1
+            yield ProgressEvent(self.method, self.iteration, self._placeholder, math.nan, stage=out["row"],
+                                message=f"DP row {out['row']}/{out['rows']}", extra={"row": out["row"], "rows": out["rows"]})
+        paths, err = out["paths"], out["mse"][-1]
+        self.paths = paths.cpu().tolist()
+        self.path = median_path(self.paths) if self.per_sample else self.paths[0]
+        self.final_error = float(err.mean())
+        self.iteration += 1
+        self.seconds += time.perf_counter() - t0
+        yield ProgressEvent(self.method, self.iteration, self.result(), self.final_error, done=True,
+                            stage=self.steps - 1,
+                            message=f"OSS{'' if self.per_sample else '-ave'}: {self.steps} levels on a "
+                                    f"{self.teacher_steps + 1}-level grid, teacher MSE at sigma_min "
+                                    f"{self.final_error:.4g} ({self.seconds:.2f} s)", extra=self.info())
+
+    def result(self) -> Schedule:
+        if self.path is None:
+            raise ScheduleLabError("OSS has not finished its DP; iterate events() to the end first")
+        return schedule_from_path(self.grid, self.path, "oss", self.stepper.name,
+                                  {**self._config(), "grid_indices": list(self.path)})
+
+    def info(self) -> dict:
+        return {"grid_indices": list(self.path or []), "per_sample_indices": self.paths if self.per_sample else None,
+                "final_mse": self.final_error, "seconds": self.seconds, **self._config()}
+
+    def state_dict(self) -> dict:
+        return {"method": self.method, "config": self._config(), "iteration": self.iteration,
+                "path": self.path, "paths": self.paths, "final_error": self.final_error}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("method") != self.method or state.get("config") != self._config():
+            raise ScheduleLabError("this state belongs to a different OSS run (steps, solver, range, samples, "
+                                   "teacher, mode, seed or model differ); start afresh")
+        self.path, self.paths = state.get("path"), state.get("paths")
+        self.final_error, self.iteration = state.get("final_error"), int(state["iteration"])
+
+
+def optimize_oss(model, steps, solver="dpmpp_2m", *, sigma_min=None, sigma_max=None, n_samples=64,
+                 teacher_steps=200, per_sample=False, seed=0, progress=None, **kw) -> Schedule:
+    """OSS schedule "oss" for `solver` (see OSSOptimizer; kw: teacher, rho).
+    progress: optional callable(ProgressEvent) after each event."""
+    opt = OSSOptimizer(model, steps, solver, sigma_min=sigma_min, sigma_max=sigma_max, n_samples=n_samples,
+                       teacher_steps=teacher_steps, per_sample=per_sample, seed=seed, **kw)
+    for ev in opt.events():
+        if progress is not None:
+            progress(ev)
+    return opt.result()

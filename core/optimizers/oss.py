@@ -41,15 +41,19 @@ from core.schedules import Schedule, make_schedule
 
 
 @torch.no_grad()
-def oss_row(model, stepper, levels, teacher, z, hist, sources, lo, hi, k, n, per_sample, max_elems=1 << 22):
+def oss_row(model, stepper, levels, teacher, z, hist, sources, lo, hi, k, n, per_sample, prev=None,
+            max_elems=1 << 22):
     """One DP row: every source i in `sources` jumps to every later level j in lo..hi.
 
     Args:
         levels: [G] descending levels (float64 tensor); teacher: [G, B, *event] teacher states.
         z, hist: the previous row's carried states [G, B, *event] and solver memory (tuple of same).
         k: the step index of these jumps (0-based), n: the schedule's step count.
+        prev: (best [G, B], src [G, B]) of the previous row to improve on (the reference's "at most
+            k jumps" rows, with its float32 cost table), or None (exactly k + 1 jumps).
     Returns:
-        src [G, B] the argmin source per (j, b) (-1 outside lo..hi) and the new carried z, hist.
+        best [G, B] (inf where not set), src [G, B] the argmin source per (j, b) (-1 where not set) and
+        the new carried z, hist.
         Ties go to the lowest source index (the reference scans from the noise end, strict <).
     """
     G, B = teacher.shape[0], teacher.shape[1]
@@ -59,6 +63,8 @@ def oss_row(model, stepper, levels, teacher, z, hist, sources, lo, hi, k, n, per
     D_all = call_model(model, z[sources], levels[sources][:, None].expand(len(sources), B))
     best = torch.full((T, B) if per_sample else (T,), math.inf, dtype=torch.float64, device=dev)
     src = torch.full((T, B), -1, dtype=torch.long, device=dev)
+    if prev is not None:
+        best, src = prev[0][lo:hi + 1].clone(), prev[1][lo:hi + 1].clone()
     new_z, new_hist = z[lo:hi + 1].clone(), tuple(h[lo:hi + 1].clone() for h in hist)
     tgt = torch.arange(lo, hi + 1, device=dev)
     chunk = max(1, max_elems // (T * B * max(1, int(np.prod(teacher.shape[2:])))))
@@ -80,7 +86,7 @@ def oss_row(model, stepper, levels, teacher, z, hist, sources, lo, hi, k, n, per
         else:
             e_min, arg = e.mean(dim=2).min(dim=0)                        # OSS-ave: [T]
         upd = e_min < best
-        best = torch.where(upd, e_min, best)
+        best = torch.where(upd, e_min if prev is None else e_min.float().double(), best)
         if not per_sample:
             arg, upd = arg[:, None].expand(T, B), upd[:, None].expand(T, B)
         src = torch.where(upd, ids[arg], src)
@@ -89,15 +95,17 @@ def oss_row(model, stepper, levels, teacher, z, hist, sources, lo, hi, k, n, per
         new_hist = tuple(torch.where(m, a[arg, rows, cols], b) for a, b in zip(hp, new_hist))
     out_src = torch.full((G, B), -1, dtype=torch.long, device=dev)
     out_src[lo:hi + 1] = src
+    out_best = torch.full((G, B), math.inf, dtype=torch.float64, device=dev)
+    out_best[lo:hi + 1] = best if per_sample else best[:, None].expand(T, B)
     z, hist = z.clone(), tuple(t.clone() for t in hist)
     z[lo:hi + 1] = new_z
     for t, u in zip(hist, new_hist):
         t[lo:hi + 1] = u
-    return out_src, z, hist
+    return out_best, out_src, z, hist
 
 
 @torch.no_grad()
-def iter_oss(model, stepper, levels, teacher, jumps: int, per_sample: bool, n_total=None):
+def iter_oss(model, stepper, levels, teacher, jumps: int, per_sample: bool, n_total=None, reference=False):
     """The OSS DP over `jumps` jumps from levels[0] to levels[-1], a generator of rows.
 
     Args:
@@ -105,6 +113,11 @@ def iter_oss(model, stepper, levels, teacher, jumps: int, per_sample: bool, n_to
         jumps: number of jumps m on the grid (our schedules: n - 1).
         per_sample: one path per sample (else one shared "OSS-ave" path).
         n_total: the schedule's step count passed to the stepper (default jumps + 1).
+        reference: the released code's `search_OSS` rules instead of ours (per sample only): every
+            level may be a source in every row, one not yet reached carrying the initial state (so
+            the first jump may start at any level with the initial noise), and row k keeps the best
+            of at most k + 1 jumps (its table inherits the previous row's costs, float32, and
+            sources). Ours: exactly k + 1 jumps from levels[0].
     Yields after each row k a dict {"row": k + 1, "rows": m, "mse": [G, B] student error (inf where
     unreached)}; the last one also has "paths" [B, m + 1] (grid indices, 0 first, G - 1 last).
     """
@@ -115,16 +128,29 @@ def iter_oss(model, stepper, levels, teacher, jumps: int, per_sample: bool, n_to
     n_total = jumps + 1 if n_total is None else n_total
     z = teacher[:1].expand(G, *teacher.shape[1:]).clone()
     hist = stepper.empty(z)
-    sources, trace = [0], []
+    if reference and not per_sample:
+        raise ScheduleLabError("the reference OSS search is per sample; use per_sample=True with reference=True")
+    sources, trace = ([0] if not reference else list(range(G - 1))), []
+    prev = None
+    if reference:
+        prev = (torch.full((G, B), math.inf, dtype=torch.float64, device=teacher.device),
+                torch.zeros((G, B), dtype=torch.long, device=teacher.device))   # reference tracestep init: noise end
     for k in range(jumps):
         lo, hi = k + 1, G - 1 - (jumps - 1 - k)               # reachable in k + 1 jumps, can still finish
         if k == jumps - 1:
             lo = hi = G - 1
-        src, z, hist = oss_row(model, stepper, levels, teacher, z, hist, sources, lo, hi, k, n_total, per_sample)
+        if reference:
+            lo, hi = 1, G - 1
+        best, src, z, hist = oss_row(model, stepper, levels, teacher, z, hist, sources, lo, hi, k, n_total,
+                                     per_sample, prev=prev)
+        if reference:
+            best[0], src[0] = prev[0][0], prev[1][0]
+            prev = (best, src)
         trace.append(src)
-        sources = list(range(lo, hi + 1))
+        if not reference:
+            sources = list(range(lo, hi + 1))
         ev = tuple(range(2, teacher.ndim))
-        mse = torch.where(src >= 0, (z - teacher).pow(2).mean(dim=ev), math.inf)
+        mse = torch.where(torch.isfinite(best), (z - teacher).pow(2).mean(dim=ev), math.inf)
         out = {"row": k + 1, "rows": jumps, "mse": mse}
         if k == jumps - 1:
             path = [torch.full((B,), G - 1, dtype=torch.long, device=teacher.device)]
@@ -141,14 +167,13 @@ def oss_search(model, stepper, levels, teacher, jumps: int, per_sample: bool, n_
     return out["paths"], out["mse"][-1]
 
 
-def median_path(paths) -> list:
-    """Position-wise median of per-sample paths, as the reference's `cal_medium`:
-    sorted l, (l[B//2] + l[B//2 - 1]) // 2 (B = 1: the path itself)."""
-    P = np.sort(np.asarray(paths, dtype=np.int64), axis=0)
-    B = P.shape[0]
-    if B == 1:
-        return P[0].tolist()
-    return ((P[B // 2] + P[B // 2 - 1]) // 2).tolist()
+def median_path(paths, G: int) -> list:
+    """Position-wise median of per-sample paths as the reference's `cal_medium`: in its indices
+    r = G - 1 - i (0 = the clean end), sorted r, (r[B//2] + r[B//2 - 1]) // 2 (B = 1: the path)."""
+    R = np.sort((G - 1) - np.asarray(paths, dtype=np.int64), axis=0)
+    B = R.shape[0]
+    med = R[0] if B == 1 else (R[B // 2] + R[B // 2 - 1]) // 2
+    return ((G - 1) - med).tolist()
 
 
 class OSSOptimizer(Optimizer):
@@ -212,7 +237,7 @@ class OSSOptimizer(Optimizer):
                                 message=f"DP row {out['row']}/{out['rows']}", extra={"row": out["row"], "rows": out["rows"]})
         paths, err = out["paths"], out["mse"][-1]
         self.paths = paths.cpu().tolist()
-        self.path = median_path(self.paths) if self.per_sample else self.paths[0]
+        self.path = median_path(self.paths, len(self.grid)) if self.per_sample else self.paths[0]
         self.final_error = float(err.mean())
         self.iteration += 1
         self.seconds += time.perf_counter() - t0

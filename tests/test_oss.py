@@ -155,3 +155,22 @@ def test_oss_bad_input(kw, msg):
     args = {"steps": 5, "solver": "euler", **kw}
     with pytest.raises(ScheduleLabError, match=msg):
         OSSOptimizer(MixtureDenoiser(get_toy("ring8")), args.pop("steps"), args.pop("solver"), **args)
+
+
+def test_cli_optimize_gits_and_oss(tmp_path, capsys):
+    """`python -m core optimize gits|oss` write a Schedule JSON for the solver asked; a bad solver exits 2."""
+    from core.cli import main
+    g, o = tmp_path / "g.json", tmp_path / "o.json"
+    assert main(["optimize", "gits", "--toy", "ring8", "--steps", "5", "--solver", "ipndm", "--n-samples", "16",
+                 "--grid", "21", "--out", str(g), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    s = Schedule.load(g)
+    assert s.name == "gits" and s.solver == "ipndm" and s.steps == 5 and out["sigmas"] == list(s.sigmas)
+    assert main(["optimize", "oss", "--toy", "ring8", "--model", "mlp", "--steps", "4", "--n-samples", "4",
+                 "--teacher-steps", "30", "--per-sample", "--out", str(o), "--json"]) == 0
+    s = Schedule.load(o)
+    assert s.name == "oss" and s.solver == "dpmpp_2m" and s.params["per_sample"] is True and s.params["model"] == "mlp"
+    capsys.readouterr()
+    assert main(["optimize", "oss", "--toy", "ring8", "--steps", "4", "--solver", "dpmpp_2m_sde",
+                 "--out", str(o)]) == 2
+    assert "dpmpp_2m_sde" in capsys.readouterr().err

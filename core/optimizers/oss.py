@@ -67,32 +67,37 @@ def oss_row(model, stepper, levels, teacher, z, hist, sources, lo, hi, k, n, per
         best, src = prev[0][lo:hi + 1].clone(), prev[1][lo:hi + 1].clone()
     new_z, new_hist = z[lo:hi + 1].clone(), tuple(h[lo:hi + 1].clone() for h in hist)
     tgt = torch.arange(lo, hi + 1, device=dev)
-    chunk = max(1, max_elems // (T * B * max(1, int(np.prod(teacher.shape[2:])))))
-    rows, cols = torch.arange(T, device=dev)[:, None], torch.arange(B, device=dev)[None, :]
+    chunk = max(1, min(16, max_elems // (T * B * max(1, int(np.prod(teacher.shape[2:]))))))
+    cols = torch.arange(B, device=dev)[None, :]
     for c0 in range(0, len(sources), chunk):
         ids = torch.as_tensor(sources[c0:c0 + chunk], device=dev)
-        S = len(ids)
-        x = z[ids][:, None].expand(S, T, *z.shape[1:])
+        a0 = max(0, int(ids[0]) + 1 - lo)                               # targets this chunk can reach: a0..T-1
+        if a0 >= T:
+            break
+        S, Tc, tg = len(ids), T - a0, tgt[a0:]
+        x = z[ids][:, None].expand(S, Tc, *z.shape[1:])
         D = D_all[c0:c0 + S][:, None].expand_as(x)
-        h = tuple(t[ids][:, None].expand(S, T, *t.shape[1:]) for t in hist)
-        s = levels[ids][:, None, None].expand(S, T, B)
-        valid = (ids[:, None] < tgt[None, :])[..., None].expand(S, T, B)
-        s_next = torch.where(valid, levels[tgt][None, :, None].expand(S, T, B), s * 0.5)   # dummy jumps masked
+        h = tuple(t[ids][:, None].expand(S, Tc, *t.shape[1:]) for t in hist)
+        s = levels[ids][:, None, None].expand(S, Tc, B)
+        valid = (ids[:, None] < tg[None, :])[..., None].expand(S, Tc, B)
+        s_next = torch.where(valid, levels[tg][None, :, None].expand(S, Tc, B), s * 0.5)   # dummy jumps masked
         xp, hp = stepper.step(model, x, s, s_next, D, h, k, n)
-        e = (xp - teacher[lo:hi + 1][None]).pow(2).mean(dim=tuple(d + 1 for d in ev))  # [S, T, B] MSE
+        e = (xp - teacher[lo + a0:hi + 1][None]).pow(2).mean(dim=tuple(d + 1 for d in ev))  # [S, Tc, B] MSE
         e = torch.where(valid, e, math.inf)
         if per_sample:
             e_min, arg = e.min(dim=0)                                    # first minimum = lowest source
         else:
-            e_min, arg = e.mean(dim=2).min(dim=0)                        # OSS-ave: [T]
-        upd = e_min < best
-        best = torch.where(upd, e_min if prev is None else e_min.float().double(), best)
+            e_min, arg = e.mean(dim=2).min(dim=0)                        # OSS-ave: [Tc]
+        upd = e_min < best[a0:]
+        best[a0:] = torch.where(upd, e_min if prev is None else e_min.float().double(), best[a0:])
         if not per_sample:
-            arg, upd = arg[:, None].expand(T, B), upd[:, None].expand(T, B)
-        src = torch.where(upd, ids[arg], src)
-        m = upd.reshape(T, B, *([1] * len(ev)))
-        new_z = torch.where(m, xp[arg, rows, cols], new_z)
-        new_hist = tuple(torch.where(m, a[arg, rows, cols], b) for a, b in zip(hp, new_hist))
+            arg, upd = arg[:, None].expand(Tc, B), upd[:, None].expand(Tc, B)
+        src[a0:] = torch.where(upd, ids[arg], src[a0:])
+        m = upd.reshape(Tc, B, *([1] * len(ev)))
+        rows = torch.arange(Tc, device=dev)[:, None]
+        new_z[a0:] = torch.where(m, xp[arg, rows, cols], new_z[a0:])
+        for a, b in zip(hp, new_hist):
+            b[a0:] = torch.where(m, a[arg, rows, cols], b[a0:])
     out_src = torch.full((G, B), -1, dtype=torch.long, device=dev)
     out_src[lo:hi + 1] = src
     out_best = torch.full((G, B), math.inf, dtype=torch.float64, device=dev)

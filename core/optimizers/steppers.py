@@ -18,8 +18,6 @@ s_next = 0 is the solver's own final step (D for the DPM-Solver++ family, the OD
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from core.errors import unknown_name

@@ -8,6 +8,8 @@ For each toy (exact mixture denoiser and the shipped MLP) and NFE, with dpmpp_2m
 - mean ||x - x_ref|| over held-out noise (seed 12345, not used while optimizing) against a 500-step
   karras Heun solution from the same noise, with a 95% CI over the samples, for karras, loglinear,
   GITS, OSS-ave and OSS per-sample. "best heuristic" = the better of karras and loglinear.
+- the same distance for GITS with the solvers its one-jump cost models exactly (euler) or that its
+  paper uses (ipndm), against karras / loglinear with that solver.
 Prints the tables and writes bench/results/trajopt.json.
 """
 from __future__ import annotations
@@ -68,6 +70,27 @@ def run(toys, kinds, nfes, n, solver="dpmpp_2m"):
     return time_rows, q_rows, schedules
 
 
+def run_gits_solvers(toys, kinds, nfes, n, solvers=("euler", "ipndm")):
+    rows = []
+    for toy in toys:
+        for kind in kinds:
+            model = load_toy_model(toy, kind)
+            lo, hi = model.sigma_min, model.sigma_max
+            noise = initial_noise(model, n, hi, seed=HELDOUT_SEED)
+            ref = generate(model, make_schedule("karras", 500, lo, hi), n, solver="heun", noise=noise.clone()).x
+            for solver in solvers:
+                for nfe in nfes:
+                    row = {"toy": toy, "model": kind, "solver": solver, "nfe": nfe}
+                    for name, s in (("karras", make_schedule("karras", nfe, lo, hi)),
+                                    ("loglinear", make_schedule("loglinear", nfe, lo, hi)),
+                                    ("gits", optimize_gits(model, nfe, solver))):
+                        x = generate(model, s, n, solver=solver, noise=noise.clone()).x
+                        row[name] = mean_ci((x - ref).double().norm(dim=1).cpu().numpy())[0]
+                    row["gits/best_heuristic"] = row["gits"] / min(row["karras"], row["loglinear"])
+                    rows.append(row)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000)
@@ -92,7 +115,11 @@ def main(argv=None):
     cpu10 = {m: max([r["cpu_s"] for r in time_rows if r["method"] == m and r["nfe"] == 10] or [np.nan])
              for m in ("gits", "oss", "oss_per_sample")}
     print(f"slowest CPU time at NFE 10: {cpu10}")
-    p = write("trajopt", {"n": n, "heldout_seed": HELDOUT_SEED, "solver": "dpmpp_2m", "time": time_rows,
+    g_rows = run_gits_solvers(toys, a.kinds.split(","), nfes, n)
+    print()
+    print(table(g_rows, ["toy", "model", "solver", "nfe", "karras", "loglinear", "gits", "gits/best_heuristic"],
+                "GITS with euler (what its cost models) and ipndm (its paper's solver)"))
+    p = write("trajopt", {"gits_other_solvers": g_rows, "n": n, "heldout_seed": HELDOUT_SEED, "solver": "dpmpp_2m", "time": time_rows,
                           "quality": q_rows, "wins": wins, "cpu_at_nfe10_max": cpu10, "schedules": schedules})
     print(f"wrote {p}")
 

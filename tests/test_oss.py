@@ -18,6 +18,7 @@ import torch
 
 from core.errors import ScheduleLabError
 from core.models import MixtureDenoiser
+from core.models.base import Denoiser
 from core.optimizers.oss import OSSOptimizer, iter_oss, median_path, optimize_oss, oss_search
 from core.optimizers.steppers import Stepper, _b, call_model, get_stepper
 from core.optimizers.trajectory import polynomial_grid, teacher_trajectory
@@ -174,3 +175,18 @@ def test_cli_optimize_gits_and_oss(tmp_path, capsys):
     assert main(["optimize", "oss", "--toy", "ring8", "--steps", "4", "--solver", "dpmpp_2m_sde",
                  "--out", str(o)]) == 2
     assert "dpmpp_2m_sde" in capsys.readouterr().err
+
+
+class _NaNBelow(Denoiser):
+    """A broken model: NaN below sigma = 1."""
+    name = "broken"
+
+    def denoise(self, x, s):
+        return torch.where(s.reshape(-1, 1) < 1, math.nan, 0.0 * x)
+
+
+def test_nan_model_is_refused_not_reported():
+    from core.optimizers.gits import optimize_gits
+    for fn in (lambda m: optimize_gits(m, 5, n_samples=4, grid=21), lambda m: optimize_oss(m, 4, n_samples=4, teacher_steps=20)):
+        with pytest.raises(ScheduleLabError, match="NaN"):
+            fn(_NaNBelow())

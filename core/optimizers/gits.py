@@ -109,6 +109,9 @@ def cost_sum(model, stepper, grid, states, dens, metric: str = "l2") -> np.ndarr
         else:
             c = _deviation(x_pred, states[0], states[-1]) - dev_tea[i + 1:]
         out[i, i + 1:] = c.sum(dim=1).cpu().numpy()
+    if not np.isfinite(out).all():
+        raise ScheduleLabError("a one-jump cost is NaN or inf (the model failed on a jumped-to state); "
+                               "check the model and its sigma range")
     return out
 
 

@@ -241,6 +241,9 @@ class OSSOptimizer(Optimizer):
             yield ProgressEvent(self.method, self.iteration, self._placeholder, math.nan, stage=out["row"],
                                 message=f"DP row {out['row']}/{out['rows']}", extra={"row": out["row"], "rows": out["rows"]})
         paths, err = out["paths"], out["mse"][-1]
+        if bool((paths < 0).any()) or not bool(torch.isfinite(err).all()):
+            raise ScheduleLabError("the OSS search found no finite-error path (the model returned NaN or inf on "
+                                   "a student state); check the model and its sigma range")
         self.paths = paths.cpu().tolist()
         self.path = median_path(self.paths, len(self.grid)) if self.per_sample else self.paths[0]
         self.final_error = float(err.mean())

@@ -62,6 +62,9 @@ def teacher_trajectory(model, stepper, grid, x_start: torch.Tensor):
     states, dens = [x], []
     for k in range(G - 1):
         D = call_model(model, x, float(grid[k]))
+        if not bool(torch.isfinite(D).all()):
+            raise ScheduleLabError(f"the model returned NaN or inf at sigma = {float(grid[k]):.4g} on the teacher "
+                                   "trajectory; check the model and its sigma range (--sigma-min / --sigma-max)")
         x, hist = stepper.step(model, x, float(grid[k]), float(grid[k + 1]), D, hist, k, G)
         states.append(x)
         dens.append(D)

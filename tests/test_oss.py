@@ -190,3 +190,24 @@ def test_nan_model_is_refused_not_reported():
     for fn in (lambda m: optimize_gits(m, 5, n_samples=4, grid=21), lambda m: optimize_oss(m, 4, n_samples=4, teacher_steps=20)):
         with pytest.raises(ScheduleLabError, match="NaN"):
             fn(_NaNBelow())
+
+
+@pytest.mark.parametrize("solver,per_sample", [("dpmpp_2m", False), ("ipndm", True)])
+def test_oss_resumes_from_its_state(solver, per_sample):
+    """Stopped after two DP rows, saved as JSON and resumed in a new optimizer: the rows done are replayed
+    (the carried states and solver history rebuilt) and the schedule is the uninterrupted one."""
+    model = MixtureDenoiser(get_toy("moons"))
+    kw = dict(n_samples=6, teacher_steps=40, per_sample=per_sample)
+    whole = OSSOptimizer(model, 6, solver, **kw)
+    list(whole.events())
+    a = OSSOptimizer(model, 6, solver, **kw)
+    it = a.events()
+    for _ in range(3):                       # teacher, rows 1 and 2
+        next(it)
+    state = json.loads(json.dumps(a.state_dict()))
+    assert len(state["trace"]) == 2
+    b = OSSOptimizer(model, 6, solver, **kw)
+    b.load_state_dict(state)
+    evs = list(b.events())
+    assert evs[-1].done and b.result().sigmas == whole.result().sigmas and b.paths == whole.paths
+    assert b.final_error == pytest.approx(whole.final_error, rel=1e-12)

@@ -110,7 +110,24 @@ def oss_row(model, stepper, levels, teacher, z, hist, sources, lo, hi, k, n, per
 
 
 @torch.no_grad()
-def iter_oss(model, stepper, levels, teacher, jumps: int, per_sample: bool, n_total=None, reference=False):
+def replay_row(model, stepper, levels, z, hist, src, k, n):
+    """Re-make a row from its recorded sources src [G, B] (-1: not set): each (j, b) jumps from
+    (src[j, b], b) to j. Returns the carried z, hist of that row (resuming a stopped search)."""
+    G, B = src.shape
+    ok = src >= 0
+    i = src.clamp(min=0)
+    b = torch.arange(B, device=z.device)[None, :].expand(G, B)
+    x = z[i, b]
+    s = levels[i]
+    s_next = torch.where(ok, levels[:, None].expand(G, B), s * 0.5)
+    xp, hp = stepper.step(model, x, s, s_next, call_model(model, x, s), tuple(t[i, b] for t in hist), k, n)
+    m = ok.reshape(G, B, *([1] * (z.ndim - 2)))
+    return torch.where(m, xp, z), tuple(torch.where(m, a, t) for a, t in zip(hp, hist))
+
+
+@torch.no_grad()
+def iter_oss(model, stepper, levels, teacher, jumps: int, per_sample: bool, n_total=None, reference=False,
+             resume=None):
     """The OSS DP over `jumps` jumps from levels[0] to levels[-1], a generator of rows.
 
     Args:
@@ -123,8 +140,10 @@ def iter_oss(model, stepper, levels, teacher, jumps: int, per_sample: bool, n_to
             the first jump may start at any level with the initial noise), and row k keeps the best
             of at most k + 1 jumps (its table inherits the previous row's costs, float32, and
             sources). Ours: exactly k + 1 jumps from levels[0].
-    Yields after each row k a dict {"row": k + 1, "rows": m, "mse": [G, B] student error (inf where
-    unreached)}; the last one also has "paths" [B, m + 1] (grid indices, 0 first, G - 1 last).
+        resume: the "src" of the rows already done (a list of [G, B]); they are replayed, not searched.
+    Yields after each row k a dict {"row": k + 1, "rows": m, "src": [G, B] argmin sources (-1 where
+    unreached), "mse": [G, B] student error (inf where unreached)}; the last one also has "paths"
+    [B, m + 1] (grid indices, 0 first, G - 1 last).
     """
     G, B = teacher.shape[0], teacher.shape[1]
     levels = torch.as_tensor(levels, dtype=torch.float64, device=teacher.device)
@@ -135,6 +154,8 @@ def iter_oss(model, stepper, levels, teacher, jumps: int, per_sample: bool, n_to
     hist = stepper.empty(z)
     if reference and not per_sample:
         raise ScheduleLabError("the reference OSS search is per sample; use per_sample=True with reference=True")
+    if resume and reference:
+        raise ScheduleLabError("a reference-rules search cannot be resumed; run it again")
     sources, trace = ([0] if not reference else list(range(G - 1))), []
     prev = None
     if reference:
@@ -146,6 +167,12 @@ def iter_oss(model, stepper, levels, teacher, jumps: int, per_sample: bool, n_to
             lo = hi = G - 1
         if reference:
             lo, hi = 1, G - 1
+        if resume is not None and k < len(resume):
+            src = torch.as_tensor(resume[k], dtype=torch.long, device=teacher.device)
+            z, hist = replay_row(model, stepper, levels, z, hist, src, k, n_total)
+            trace.append(src)
+            sources = list(range(lo, hi + 1))
+            continue
         best, src, z, hist = oss_row(model, stepper, levels, teacher, z, hist, sources, lo, hi, k, n_total,
                                      per_sample, prev=prev)
         if reference:
@@ -156,7 +183,7 @@ def iter_oss(model, stepper, levels, teacher, jumps: int, per_sample: bool, n_to
             sources = list(range(lo, hi + 1))
         ev = tuple(range(2, teacher.ndim))
         mse = torch.where(torch.isfinite(best), (z - teacher).pow(2).mean(dim=ev), math.inf)
-        out = {"row": k + 1, "rows": jumps, "mse": mse}
+        out = {"row": k + 1, "rows": jumps, "src": src, "mse": mse}
         if k == jumps - 1:
             path = [torch.full((B,), G - 1, dtype=torch.long, device=teacher.device)]
             for kk in range(jumps - 1, -1, -1):
@@ -196,7 +223,8 @@ class OSSOptimizer(Optimizer):
         teacher: teacher solver (default: the student's, as the reference).
         rho: grid exponent (EDM polynomial grid).
         seed: noise seed (core.sampling.initial_noise).
-    State: the finished path only (a stopped run restarts its DP; it takes seconds on toys).
+    State: the argmin sources of the DP rows done (a resumed run recomputes the teacher and replays
+    those rows with one model call per (level, sample), then searches on).
     """
 
     method = "oss"
@@ -213,7 +241,7 @@ class OSSOptimizer(Optimizer):
         self.model, self.steps, self.n_samples = model, int(steps), int(n_samples)
         self.teacher_steps, self.per_sample, self.rho, self.seed = int(teacher_steps), bool(per_sample), float(rho), int(seed)
         self.grid = polynomial_grid(self.teacher_steps + 1, self.sigma_min, self.sigma_max, self.rho)
-        self.path, self.paths, self.final_error = None, None, None
+        self.path, self.paths, self.final_error, self.trace = None, None, None, []
         self.iteration, self.seconds = 0, 0.0
         self._placeholder = make_schedule("karras", self.steps, self.sigma_min, self.sigma_max)
 
@@ -233,8 +261,10 @@ class OSSOptimizer(Optimizer):
         yield ProgressEvent(self.method, self.iteration, self._placeholder, math.nan,
                             message=f"teacher: {self.teacher_steps} {self.teacher_stepper.name} steps, "
                                     f"{self.n_samples} samples", extra={"row": 0, "rows": self.steps - 1})
+        self.trace = self.trace[:self.steps - 2]                  # the last row is always searched
         for out in iter_oss(self.model, self.stepper, self.grid, teacher, self.steps - 1, self.per_sample,
-                            n_total=self.steps):
+                            n_total=self.steps, resume=list(self.trace)):
+            self.trace.append(out["src"].cpu().tolist())
             if "paths" in out:
                 break
             self.iteration += 1
@@ -267,7 +297,7 @@ class OSSOptimizer(Optimizer):
 
     def state_dict(self) -> dict:
         return {"method": self.method, "config": self._config(), "iteration": self.iteration,
-                "path": self.path, "paths": self.paths, "final_error": self.final_error}
+                "path": self.path, "paths": self.paths, "final_error": self.final_error, "trace": self.trace}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("method") != self.method or state.get("config") != self._config():
@@ -275,6 +305,7 @@ class OSSOptimizer(Optimizer):
                                    "teacher, mode, seed or model differ); start afresh")
         self.path, self.paths = state.get("path"), state.get("paths")
         self.final_error, self.iteration = state.get("final_error"), int(state["iteration"])
+        self.trace = list(state.get("trace") or [])
 
 
 def optimize_oss(model, steps, solver="dpmpp_2m", *, sigma_min=None, sigma_max=None, n_samples=64,

@@ -10,8 +10,9 @@ methods.md s.8).
    the solver's first step (no history): Euler for euler / dpmpp_2m / dpmpp_3m / ipndm (the
    reference's `x_cur + (t_next - t_cur) * d_cur` for every solver; DPM-Solver++(1) is the same
    step), a full Heun step (one more model call per pair) for heun.
-   metric "l2" (default; the paper's distance), "l1", or "dev" (the reference code's default: the
-   change in distance from the straight line between the teacher's first and last states).
+   metric "l2" (default here: the Euclidean distance of the jump's end point from the teacher's),
+   "l1", or "dev" (the released code's default: the change in distance from the straight line
+   between the teacher's first and last states, averaged over samples).
 3. Dynamic programming for the n-level path 0 = i_0 < ... < i_{n-1} = G - 1, exactly as the
    reference's `dp`:  V[j][1] = C[j][G-1],  V[j][k] = min_{j < i < G-1} C[j][i] + coeff * V[i][k-1],
    so the m-th jump from sigma_max is weighted coeff^(m-1) (coeff = 1.15 favours accuracy late).

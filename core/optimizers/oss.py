@@ -18,11 +18,13 @@ reference's `cal_medium`) or "OSS-ave" (default): the DP on the error averaged o
 shared choice per (k, j), each sample still carrying its own state.
 
 Our convention (core.optimizers.trajectory): the path has n levels, 0 -> ... -> N (n - 1 jumps on
-the grid); the n-th call is the solver's step from sigma_min to 0, common to every path. The
-reference's last jump lands on t = 0 from any level and its first may start from any level with the
-initial noise; here sigma_max and sigma_min are fixed, as for every optimizer here. With exact
-jump counts (the reference keeps the best of "at most k" jumps in its rows) the two agree on
-the recorded fixture (tests/fixtures/oss_reference.json).
+the grid); the n-th call is the solver's step from sigma_min to 0, common to every path, and a
+row k holds exactly k + 1 jumps from sigma_max. The released code differs in two rules: its first
+jump may start at any teacher level with the initial noise (in flow matching, noise at t < 1; in
+our EDM form a schedule starts at sigma_0 with x = sigma_0 * eps, so there is no counterpart), and
+its rows keep the best of "at most k + 1" jumps. `iter_oss(..., reference=True)` applies those rules
+and reproduces search_OSS's per-sample choices and cal_medium on the recorded fixture
+(tests/fixtures/oss_reference.json).
 """
 from __future__ import annotations
 

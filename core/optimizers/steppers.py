@@ -115,7 +115,8 @@ class DPMpp2M(Stepper):
 
 
 class IPNDM(Stepper):
-    """iPNDM (Zhang & Chen 2023; GITS' solver): Adams-Bashforth on dx/dsigma, orders 1, 2, 3, then 4.
+    """iPNDM (Zhang & Chen 2023; GITS' solver): Adams-Bashforth on dx/dsigma, orders 1, 2, 3, then 4;
+    the step to sigma = 0 returns D, as core.solvers.ipndm (ComfyUI's sample_ipndm) does.
     hist = (d_{k-1}, d_{k-2}, d_{k-3}), past slopes (x - D) / s."""
 
     name = "ipndm"
@@ -134,6 +135,8 @@ class IPNDM(Stepper):
             x_next = x + dt * (23 * d - 16 * d1 + 5 * d2) / 12
         else:
             x_next = x + dt * (55 * d - 59 * d1 + 37 * d2 - 9 * d3) / 24
+        final = torch.as_tensor(s_next, dtype=torch.float64) == 0    # the step to 0 returns D (ComfyUI)
+        x_next = torch.where(_b(final, x), D, x_next)
         return x_next, (d, d1, d2)
 
 

@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from pathlib import Path
 
 from core.errors import ScheduleLabError, unknown_name
 from core.schedules.heuristics import ALIASES, HEURISTICS
 from core.schedules.io import FORMATS, export, parse  # noqa: F401
-from core.schedules.presets import AYS_PRESETS, ays_preset, loglinear_interp, resample_loglinear  # noqa: F401
+from core.schedules.presets import (AYS_PRESETS, PresetRangeWarning, ays_preset, loglinear_interp,  # noqa: F401
+                                    preset_range_mismatch, resample_loglinear)
 from core.schedules.schedule import Schedule, validate_sigmas  # noqa: F401
 
 PRESETS = tuple(f"ays_{k}" for k in AYS_PRESETS)
@@ -31,6 +33,9 @@ def make_schedule(name: str, steps: int, sigma_min: float = 0.002, sigma_max: fl
                                f"sigma_max={sigma_max}")
     name = ALIASES.get(name, name)
     if name in PRESETS:
+        msg = preset_range_mismatch(name[4:], float(sigma_min), float(sigma_max))
+        if msg is not None:
+            warnings.warn(msg, PresetRangeWarning, stacklevel=2)
         return ays_preset(name[4:], steps)
     if name not in HEURISTICS:
         raise unknown_name("schedule", name, schedule_names())

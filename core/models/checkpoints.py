@@ -80,13 +80,16 @@ def fit_state_dict(net: torch.nn.Module, sd: dict, strip_prefix=None, strict=Tru
     Errors list every missing, unexpected and mismatched key, and a prefix to strip when there is one."""
     strict = _as_bool(strict, "strict")
     own = net.state_dict()
+    raw = sd
     if strip_prefix:
         p = str(strip_prefix)
-        sd = {(k[len(p):] if k.startswith(p) else k): v for k, v in sd.items()}
+        new = [k[len(p):] if k.startswith(p) else k for k in raw]
     else:
-        sd = _auto_strip(sd, set(own), strict)
+        new = _auto_strip(list(raw), set(own), strict)
+    sd = dict(zip(new, raw.values()))
+    original = dict(zip(new, raw))                      # messages name the checkpoint's own keys
     missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
+    unexpected = [original[k] for k in sd if k not in own]
     shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs module {tuple(own[k].shape)}"
               for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     if shapes or (strict and (missing or unexpected)):
@@ -94,7 +97,7 @@ def fit_state_dict(net: torch.nn.Module, sd: dict, strip_prefix=None, strict=Tru
                  f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}" if unexpected else "",
                  f"shape mismatches ({len(shapes)}): {'; '.join(shapes)}" if shapes else ""]
         hint = []
-        pre = _shared_prefix(list(sd))
+        pre = _shared_prefix(list(raw))
         if pre and not strip_prefix:
             hint.append(f"every checkpoint key starts with {pre!r}: try --param strip_prefix={pre}")
         if not shapes and strict:
@@ -121,20 +124,20 @@ def _shared_prefix(keys) -> str:
     return heads.pop() + "."
 
 
-def _auto_strip(sd: dict, own: set, strict: bool) -> dict:
-    """Strip shared dotted prefixes (one segment at a time) while that makes the keys fit (see fit_state_dict)."""
-    keys = list(sd)
+def _auto_strip(keys: list, own: set, strict: bool) -> list:
+    """The keys with shared dotted prefixes stripped (one segment at a time) as far as that makes them fit
+    (see fit_state_dict); unchanged when no prefix does."""
     if not keys or set(keys) == own:
-        return sd
+        return keys
     prefix = ""
     while True:
         pre = _shared_prefix([k[len(prefix):] for k in keys])
         if not pre:
-            return sd
+            return keys
         prefix += pre
-        stripped = {k[len(prefix):] for k in keys}
-        if stripped == own or (not strict and own <= stripped):
-            return {k[len(prefix):]: v for k, v in sd.items()}
+        stripped = [k[len(prefix):] for k in keys]
+        if set(stripped) == own or (not strict and own <= set(stripped)):
+            return stripped
 
 
 def _as_bool(v, what: str) -> bool:

@@ -304,8 +304,9 @@ def check_own_samples(x: torch.Tensor, data_range=(-1.0, 1.0), sigma_max: float 
 
 
 def _neighbour_correlation(x: torch.Tensor) -> float:
-    """Mean lag-1 correlation of horizontally and vertically neighbouring pixels ([N, C, H, W])."""
-    z = x - x.mean(dim=(-2, -1), keepdim=True)
+    """Lag-1 correlation of horizontally and vertically neighbouring pixels over the samples ([N, C, H, W];
+    each pixel centred by its mean over the samples)."""
+    z = x - x.mean(dim=0, keepdim=True)
     num = (z[..., :, 1:] * z[..., :, :-1]).mean() + (z[..., 1:, :] * z[..., :-1, :]).mean()
     return float(num / (2 * z.pow(2).mean()).clamp_min(1e-30))
 

@@ -485,3 +485,24 @@ def test_pyproject_mirrors_requirements_and_installs_editable(tmp_path):
     r = subprocess.run([py, "-c", "import core, toy_data, app_lib; print(core.__file__)"], capture_output=True,
                        text=True, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == str(root / "core" / "__init__.py"), r.stderr
+
+
+# ---- the Playground with a user's 2-D model -----------------------------------------------------
+def test_playground_samples_a_user_2d_model(tmp_path):
+    """The sidebar's "your own 2-D model" loads module.py:Class with its parameters; the page's samples
+    are the engine's samples of that model over its own sigma range."""
+    from app_helpers import arr, figures, open_page, trace
+    from app_lib.state import user_kind
+    repo = _write(tmp_path / "toy2d", {"mlp.py": MLP})
+    spec, params = f"{repo / 'mlp.py'}:ExactEps", "\n".join(VP_PARAMS)
+    kind = user_kind(spec, "", params)
+    page = open_page("playground", toy="gaussian", sb_user_spec=spec, sb_user_params=params, sb_model_kind=kind,
+                     pg_steps=6, pg_n=500, pg_seeds=1, pg_paths=4)
+    assert page.session_state["sb_model_kind"] == kind
+    model = load_model(spec, params=parse_params(VP_PARAMS))
+    s = make_schedule("karras", 6, model.sigma_min, model.sigma_max)
+    assert page.session_state["pg_schedules"]["A: karras"] == s.sigmas
+    x = generate(model, s, 500, "dpmpp_2m", seed=0).x.numpy()
+    got = trace(figures(page)["pg_fig_samples_A"], "samples")
+    np.testing.assert_allclose(arr(got["x"]), x[:, 0], rtol=1e-6)
+    assert set(page.session_state["pg_metrics"]) == {"A: karras", "B: kl_optimal"}

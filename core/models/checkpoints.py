@@ -86,6 +86,9 @@ def fit_state_dict(net: torch.nn.Module, sd: dict, strip_prefix=None, strict=Tru
         new = [k[len(p):] if k.startswith(p) else k for k in raw]
     else:
         new = _auto_strip(list(raw), set(own), strict)
+    if len(set(new)) != len(new):
+        dup = sorted({k for k in new if new.count(k) > 1})
+        raise ScheduleLabError(f"stripping {strip_prefix!r} from the keys of {what} makes them collide: {', '.join(dup)}")
     sd = dict(zip(new, raw.values()))
     original = dict(zip(new, raw))                      # messages name the checkpoint's own keys
     missing = [k for k in own if k not in sd]

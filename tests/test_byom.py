@@ -177,6 +177,8 @@ def test_batchnorm_unet_300_steps_sibling_import_list_params(tmp_path):
     assert (train_mode - want).abs().max() > 0.1                   # train-mode BatchNorm would change D
     wrapped = wrap_module(net.train(), "v", {"kind": "discrete", "betas": betas}, "index", event_shape=(1, 8, 8))
     assert not wrapped.net.training                                # wrap_module itself puts it in eval()
+    sched = make_schedule("karras", 4, model.sigma_min, model.sigma_max)
+    assert torch.isfinite(generate(model, sched, 3, "dpmpp_2m").x).all()
 
 
 # ---- case 3: a 28x28 eps DDPM, 1000 linear betas, integer time of shape (N, 1), keys "network."
@@ -288,6 +290,7 @@ def test_vp_sde_mlp_list_kwargs_and_closed_form_time(tmp_path):
     with torch.no_grad():
         want = x - s[:, None] * net(x / (1 + s[:, None] ** 2).sqrt(), torch.tensor(t, dtype=torch.float32))
         torch.testing.assert_close(model(x, s), want, rtol=1e-5, atol=1e-5)
+    assert generate(model, make_schedule("karras", 5, model.sigma_min, model.sigma_max), 16, "heun").x.shape == (16, 2)
 
 
 def test_sample_cli_scores_a_2d_user_model_against_points_and_mixture(tmp_path, capsys):
@@ -411,7 +414,7 @@ def test_own_samples_cli_says_so_loudly(tmp_path, capsys):
                                                 "    def forward(self, x, t):\n"
                                                 "        return 0.04 / (0.04 + t.view(-1, 1, 1, 1) ** 2) * x\n"})
     args = ["optimize", "score-optimal", "--model", f"{repo / 'white.py'}:W", "--steps", "4", "--levels", "20",
-            "--n", "8", "--own-samples", "heun:12", "--out", str(tmp_path / "s.json")]
+            "--n", "8", "--own-samples", "heun:12", "--chunk", "5", "--out", str(tmp_path / "s.json")]
     for p in ("parametrization=x0", "process=edm", "time_input=continuous", "shape=1,8,8", "name=white-byom"):
         args += ["--param", p]
     import core.models.registry as reg

@@ -135,9 +135,13 @@ def test_two_stage_nfe_rule_matches_counted_calls(name):
             assert c["nfe"] == spec.nfe(len(FIX["sigmas"]) - 1)
 
 
-@pytest.mark.parametrize("name", ["euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"])
+@pytest.mark.parametrize("name", ["euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde",
+                                  "res_multistep_ancestral", "er_sde"])
 def test_eta_zero_is_deterministic_and_default_noise_comes_from_generator(name):
     fn = get_solver(name).fn
+    if name == "er_sde":                       # no eta: s_noise = 0 is its deterministic form
+        def fn(model, x, sigmas, generator=None, eta=1.0, _er=fn):
+            return _er(model, x, sigmas, generator=generator, s_noise=eta)
     model = MixtureDenoiser(get_toy("moons"))
     sig = make_schedule("karras", 6).tensor()
     x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * sig[0]
@@ -148,6 +152,8 @@ def test_eta_zero_is_deterministic_and_default_noise_comes_from_generator(name):
     z1 = fn(model, x.clone(), sig, generator=torch.Generator().manual_seed(5), eta=0.0)
     z2 = fn(model, x.clone(), sig, generator=torch.Generator().manual_seed(6), eta=0.0)
     assert torch.equal(z1, z2)
+    if name == "res_multistep_ancestral":      # eta = 0 is res_multistep
+        torch.testing.assert_close(z1, get_solver("res_multistep").fn(model, x.clone(), sig), rtol=0, atol=0)
 
 
 C = 0.5
@@ -225,7 +231,8 @@ def test_uni_pc_convergence_order(name):
     for n in (80, 160):
         sig = make_schedule("loglinear", n + 1, smin, smax).tensor()[:-1]
         xs = {}
-        out = get_solver(name).fn(model, x_T.clone(), sig, callback=lambda i: xs.__setitem__(i["i"], (i["x"], i["sigma"])))
+        out = get_solver(name).fn(model, x_T.clone(), sig,
+                                  callback=lambda i: xs.__setitem__(i["i"], (i["x"], i["sigma"])))
         x, s = xs[len(sig) - 2]
         inner.append(float((x - exact(s)).abs().max()))
         end.append(float((out - exact(smin)).abs().max()))

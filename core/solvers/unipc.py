@@ -7,9 +7,9 @@ sigma_vp = sigma alpha, so lambda = log(alpha / sigma_vp) = -log(sigma) and x_vp
 noise table enters: the VP "time" is sigma itself. Dividing the VP update by alpha_t gives the same
 step in EDM form, which is what we run (h = lambda_t - lambda_{i}, hh = -h):
 
-    x_t = (sigma_t / sigma_i) x_i - expm1(hh) D_i - B(h) sum_k rho_k D1_k        (UniP-p, eq. 7)
+    x_t = (sigma_t / sigma_i) x_i - expm1(hh) D_i - B(h) sum_k rho_k D1_k        (UniP-p)
     x_t^c = (sigma_t / sigma_i) x_i - expm1(hh) D_i - B(h) (sum_k rho^c_k D1_k + rho^c_p (D_t - D_i))
-                                                                                  (UniC-p, eq. 8)
+                                                                                  (UniC-p)
 
 with D1_k = (D_{i-k} - D_i) / r_k, r_k = (lambda_{i-k} - lambda_i) / h, B(h) = hh (bh1) or
 expm1(hh) (bh2); rho solves R rho = b, R_{jk} = r_k^j, b_j = j! h phi_{j+1}(hh) / B(h) (rho = 1/2

@@ -1,11 +1,14 @@
 """Schedules: the session's schedule library in one log-sigma plot and a table; add heuristics,
-import (our JSON, a ComfyUI ManualSigmas string, a list of numbers), export with downloads."""
+import (our JSON, a ComfyUI ManualSigmas string, a list of numbers, a library file), export with
+downloads. The library is saved on disk (app_lib.store) and comes back after a reload."""
 import re
 
 import streamlit as st
 
 from app_lib import plots
-from app_lib.state import SCHEDULE_PARAMS, add_to_library, init_widgets, library
+from app_lib.state import (SCHEDULE_PARAMS, add_to_library, init_widgets, library, library_json, merge_library,
+                           remove_from_library)
+from app_lib.store import is_library_json
 from core.errors import ScheduleLabError
 from core.schedules import export, make_schedule, parse, schedule_names
 from core.viz_data import schedule_table
@@ -47,6 +50,10 @@ def _import():
         text = up.getvalue().decode("utf-8", errors="replace")
     name = (ss.get("sc_import_name") or "").strip() or "imported"
     try:
+        if is_library_json(text):                    # a whole library file (Download library below)
+            added = merge_library(text)
+            ss[MSG] = ("success", f"loaded {len(added)} schedule(s) from the library file")
+            return
         s = parse(text, name=name)
         if text.strip().startswith("{") and ss.get("sc_import_name"):
             s = s.with_name(name)
@@ -56,15 +63,14 @@ def _import():
 
 
 def _remove():
-    lib = library()
-    for label in st.session_state.get("sc_remove_pick") or []:
-        lib.pop(label, None)
+    remove_from_library(st.session_state.get("sc_remove_pick") or [])
     st.session_state[MSG] = ("success", "removed")
 
 
 st.title("Schedules")
-st.caption("Every schedule of this session: heuristics, AYS presets, optimized and imported ones. "
-           "Pick them on the other pages as 'library: ...'; export them to the tools you use.")
+st.caption("Every schedule of the library: heuristics, AYS presets, optimized and imported ones. "
+           "Pick them on the other pages as 'library: ...'; export them to the tools you use. The library "
+           "is saved on disk (folder named in the sidebar) and comes back after a reload.")
 lib = library()
 if MSG in st.session_state:
     kind, text = st.session_state[MSG]
@@ -105,7 +111,8 @@ with right:
     st.text_area("Paste a schedule", key="sc_import_text", height=110,
                  placeholder="14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0",
                  help="Our JSON, a ComfyUI ManualSigmas string, a diffusers `sigmas=[...]` snippet "
-                      "(the final 0 is appended), a k-diffusion tensor, or a list of numbers ending in 0.")
+                      "(the final 0 is appended), a k-diffusion tensor, a list of numbers ending in 0, "
+                      "or a whole library file (its schedules are added).")
     st.file_uploader("... or a JSON / text file", type=["json", "txt"], key="sc_import_file")
     st.text_input("Name", key="sc_import_name", placeholder="imported")
     st.button("Import", key="sc_import_btn", on_click=_import)
@@ -126,6 +133,10 @@ if lib:
             st.caption(how)
             st.download_button(f"Download {title}", texts[fmt], file_name=stem + suffix, mime=mime,
                                key=f"sc_dl_{fmt}")
+
+    st.download_button("Download the whole library (JSON)", library_json(), file_name="schedule_library.json",
+                       mime="application/json", key="sc_dl_library",
+                       help="Every schedule above in one file; load it back with Import (here or in a new session).")
 
     st.subheader("Remove")
     st.multiselect("Schedules to remove", labels, key="sc_remove_pick")

@@ -73,7 +73,7 @@ def test_export_then_reimport_gives_the_same_sigmas(page, fmt):
     shown = [c.value for c in page.code]
     assert text in shown                               # the snippet shown is the one downloaded
     labels = [b.label for b in page.get("download_button")]
-    assert len(labels) == 4
+    assert len(labels) == 5 and labels[-1] == "Download the whole library (JSON)"   # 4 formats + the library
     page.text_area(key="sc_import_text").input(text)
     page.text_input(key="sc_import_name").input(f"back_{fmt}")
     page.button(key="sc_import_btn").click().run()

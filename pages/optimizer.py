@@ -149,8 +149,7 @@ status = run.status if run is not None else "idle"
 active = run is not None and run.active
 b = st.columns(5)
 b[0].button("Start", key="opt_start", on_click=_start, disabled=active, type="primary")
-b[1].button("Stop", key="opt_stop", on_click=_stop, disabled=status != "running",
-            help="stops after the iteration being computed; Resume continues from there")
+b[1].button("Stop", key="opt_stop", on_click=_stop, disabled=status != "running")   # after the current iteration
 b[2].button("Resume", key="opt_resume", on_click=_resume, disabled=status != "stopped")
 b[3].button("Save result to library", key="opt_save", on_click=_save,
             disabled=run is None or run.state is None or active)

@@ -69,9 +69,9 @@ def _restore() -> OptimizerRun | None:
     if rec is None:
         return None
     owner = RUNS.owner(rec["run_id"])
-    if owner is not None:            # still held in this process (another tab, or the session before a
-        run = RUNS.get(owner[0])     # reload): this session takes it over, going or stopped
-        RUNS.set(_session_id(), run, _alive_check())
+    run = RUNS.get(owner[0]) if owner is not None else None
+    if run is not None:              # still held in this process (another tab, or the session before a
+        RUNS.set(_session_id(), run, _alive_check())     # reload): this session takes it over
         return run
     return OptimizerRun.from_record(rec, persist=_persist)
 

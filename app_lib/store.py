@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from core.errors import ScheduleLabError
+from core.optimizers.progress import Progress
 from core.schedules import Schedule
 
 ENV = "SCHEDULE_LAB_HOME"
@@ -28,7 +29,9 @@ MAX_LIBRARY_BYTES = 8 << 20          # ~40 000 schedules of 20 steps; far above 
 MAX_RUN_BYTES = 64 << 20             # an AYS state keeps every sweep's sigmas
 MAX_SCHEDULES = 2000
 MAX_LABEL = 200
+MAX_EVENTS = 1_000_000
 RUN_STATUSES = ("running", "stopping", "stopped", "done", "failed")
+PROGRESS_KEYS = set(Progress.__dataclass_fields__)
 
 
 def home() -> Path:
@@ -172,16 +175,35 @@ def validate_run(d: dict, what: str = "run file") -> dict:
         raise ScheduleLabError(f"{what}: unknown status {d['status']!r}")
     if d.get("state") is not None and not isinstance(d["state"], dict):
         raise ScheduleLabError(f"{what}: 'state' must be an object or null")
+    if len(d["history"]) > MAX_EVENTS:
+        raise ScheduleLabError(f"{what}: {len(d['history'])} events, over the limit of {MAX_EVENTS}")
     for i, h in enumerate(d["history"]):
-        if not (isinstance(h, dict) and isinstance(h.get("iteration"), int) and isinstance(h.get("stage"), int)
-                and isinstance(h.get("sigmas"), list) and isinstance(h.get("group"), str)):
+        if not (isinstance(h, dict) and _int(h.get("iteration")) and _int(h.get("stage"))
+                and isinstance(h.get("group"), str) and isinstance(h.get("sigmas"), list)
+                and all(_num(x) for x in h["sigmas"]) and all(h.get(k) is None or _num(h[k]) for k in
+                                                                ("objective", "heldout"))
+                and (h.get("early_stopped_at") is None or _int(h["early_stopped_at"]))):
             raise ScheduleLabError(f"{what}: history entry {i} is malformed")
+    spec = d["spec"]
+    if spec and not (isinstance(spec.get("knobs"), dict)
+                     and all(isinstance(spec.get(k), str) for k in ("method", "toy", "model_kind", "device"))):
+        raise ScheduleLabError(f"{what}: 'spec' needs method, toy, model_kind and device strings and a knobs object")
     for k in ("saved_label", "saved_solver"):
         if d.get(k) is not None and not isinstance(d[k], str):
             raise ScheduleLabError(f"{what}: {k!r} must be a string or null")
-    if d.get("progress") is not None and not isinstance(d["progress"], dict):
-        raise ScheduleLabError(f"{what}: 'progress' must be an object or null")
+    p = d.get("progress")
+    if p is not None and not (isinstance(p, dict) and set(p) == PROGRESS_KEYS
+                              and all(p[k] is None or isinstance(p[k], (int, float, str)) for k in p)):
+        raise ScheduleLabError(f"{what}: 'progress' must be a Progress record (core.optimizers.progress) or null")
     return d
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def load_run() -> dict | None:

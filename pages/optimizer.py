@@ -110,7 +110,10 @@ def _spec() -> dict:
 
 def _factory(spec: dict):
     device = spec["device"] if spec["device"] in devices() else "cpu"
-    return engine.optimizer_factory(spec["method"], spec["knobs"], spec["toy"], spec["model_kind"], device)
+    try:
+        return engine.optimizer_factory(spec["method"], spec["knobs"], spec["toy"], spec["model_kind"], device)
+    except KeyError as e:
+        raise ScheduleLabError(f"the saved run lacks {e} (or names an unknown method); start a new run") from None
 
 
 def _start():

@@ -99,3 +99,19 @@ def test_size_limit_and_atomic_write(app_home, monkeypatch):
     store.save_run(rec)
     assert store.load_run()["history"] == rec["history"]
     assert json.loads((app_home / "run.json").read_text())["format"] == store.RUN_FORMAT
+
+
+def test_a_run_file_with_mistyped_fields_is_set_aside(app_home):
+    good = {"run_id": "r", "method": "ays", "knobs": {}, "status": "stopped", "message": "", "state": None,
+            "spec": {"method": "ays", "knobs": {}, "toy": "gaussian", "model_kind": "exact", "device": "cpu"},
+            "history": [{"iteration": 0, "stage": 0, "sigmas": [1.0, 0.0], "group": "stage 0", "objective": 1.5,
+                         "heldout": None}]}
+    store.save_run(good)
+    assert store.load_run()["spec"] == good["spec"]
+    for bad in ({"objective": "1.5"}, {"sigmas": [1.0, "x"]}, {"iteration": True}):
+        rec = {**good, "history": [{**good["history"][0], **bad}]}
+        store.save_run(rec)
+        assert store.load_run() is None, bad
+    for rec in ({**good, "spec": {"method": "ays"}}, {**good, "progress": {"stage": 1}}, {**good, "status": "x"}):
+        store.save_run(rec)
+        assert store.load_run() is None, rec

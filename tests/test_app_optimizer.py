@@ -233,13 +233,15 @@ def test_runner_stop_after_any_event_and_resume_reproduces_ays():
 
 
 def test_run_record_round_trips_through_the_store():
-    r = OptimizerRun("ays", lambda: _ays("gaussian", heldout=None), {"steps": 5}, {"method": "ays"},
+    spec = {"method": "ays", "knobs": {}, "toy": "gaussian", "model_kind": "exact", "device": "cpu"}
+    r = OptimizerRun("ays", lambda: _ays("gaussian", heldout=None), {"steps": 5}, spec,
                      persist=store.save_run).start(stop_after=2)
     assert r.join(60)
     rec = store.load_run()
     back = OptimizerRun.from_record(rec)
     assert back.status == "stopped" and back.history == json.loads(json.dumps(r.history))
     assert back.state == json.loads(json.dumps(r.state)) and back.factory is None
+    assert back.progress == r.progress and back.progress["stage"] == 1 and back.progress["step"] == 1
     with pytest.raises(Exception, match="factory is missing"):
         back.resume()
     back.attach(lambda: _ays("gaussian", heldout=None))

@@ -29,15 +29,22 @@ class _Gated:
 
 
 class Gate:
+    """Gate(monkeypatch, when) patches the page's factory; Gate(None, when).wrap(make) wraps one."""
+
     def __init__(self, monkeypatch, when):
-        from app_lib import engine
         self.when, self.reached, self.go = when, threading.Event(), threading.Event()
+        if monkeypatch is None:
+            return
+        from app_lib import engine
         real = engine.optimizer_factory
 
         def factory(*a, **k):
             make = real(*a, **k)
             return lambda: _Gated(make(), self)
         monkeypatch.setattr(engine, "optimizer_factory", factory)
+
+    def wrap(self, make):
+        return lambda: _Gated(make(), self)
 
     def wait(self, timeout=60):
         assert self.reached.wait(timeout), "the run never reached the gate"

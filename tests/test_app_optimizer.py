@@ -13,6 +13,7 @@ from app_helpers import arr, assert_clean, figures, open_page, trace
 from app_lib import store
 from app_lib.runner import OptimizerRun
 from run_helpers import Gate, rerun_until
+from core.errors import ScheduleLabError
 from core.models import load_toy_model
 from core.optimizers.ays import AYSOptimizer
 from core.optimizers.nonuniform import optimize_nonuniform
@@ -247,3 +248,20 @@ def test_run_record_round_trips_through_the_store():
     back.attach(lambda: _ays("gaussian", heldout=None))
     back.resume()
     assert back.join(60) and back.status == "done"
+
+
+def test_control_while_running_is_refused_and_never_reenters_the_generator():
+    gate = Gate(None, lambda ev: ev.iteration == 1)
+    r = OptimizerRun("ays", gate.wrap(lambda: _ays("gaussian", heldout=None)), {}).start()
+    gate.wait()                                                  # the worker is inside a step
+    for call in (r.start, r.resume, r.result):
+        with pytest.raises(ScheduleLabError, match="still|nothing to resume"):
+            call()
+    r.stop()
+    r.stop()                                                     # a second Stop is harmless
+    with pytest.raises(ScheduleLabError):
+        r.resume()                                               # not until the step has ended
+    gate.release()
+    assert r.join(30) and r.status == "stopped" and r.iteration == 2
+    r.resume()
+    assert r.join(60) and r.status == "done" and r.result().steps == 5

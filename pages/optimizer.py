@@ -104,7 +104,8 @@ def knob_values() -> dict:
 
 def _spec() -> dict:
     """Plain data the run is rebuilt from (a new session resumes a saved run with it)."""
-    return {"method": st.session_state.opt_method, "knobs": {**knob_values(), "starts": list(st.session_state.opt_starts)},
+    knobs = {**knob_values(), "starts": list(st.session_state.opt_starts)}
+    return {"method": st.session_state.opt_method, "knobs": knobs,
             "toy": cfg["toy"], "model_kind": cfg["model_kind"], "device": cfg["device"]}
 
 

@@ -181,8 +181,9 @@ def _iteration(page) -> int:
 
 
 def _stop_if_running(page):
-    if page.locator(".st-key-opt_stop button").first.count() and page.locator(".st-key-opt_stop button").first.is_enabled():
-        page.locator(".st-key-opt_stop button").first.click()
+    stop = page.locator(".st-key-opt_stop button").first
+    if stop.count() and stop.is_enabled():
+        stop.click()
         page.get_by_text("stopped after iteration").or_(page.get_by_text("done", exact=True)).first.wait_for(
             timeout=90_000)
 

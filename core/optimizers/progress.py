@@ -64,7 +64,9 @@ def _duration(s: float) -> str:
     s = max(0.0, float(s))
     if s < 60:
         return f"{s:.0f} s"
-    return f"{int(s // 60)} min {int(s % 60):02d} s" if s < 3600 else f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
 
 
 def _rate_left(done_work: float, left_work: float, elapsed: float):
@@ -94,7 +96,8 @@ def ays_progress(opt) -> Progress:
         early = f"stage 1 kept sweep {opt._early_stopped_at}"
     else:
         best = (opt._best or {}).get("iteration")
-        early = f"held-out: {opt._bad}/{opt.patience} sweeps without gain" + ("" if best is None else f" (best: sweep {best})")
+        early = f"held-out: {opt._bad}/{opt.patience} sweeps without gain"
+        early += "" if best is None else f" (best: sweep {best})"
     total = done_work + left
     return Progress("ays", k + 1, K, opt._stage_iter, caps[k], "sweep",
                     1.0 if opt.done else (done_work / total if total else 0.0), elapsed,

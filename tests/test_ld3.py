@@ -128,3 +128,21 @@ def test_bad_input_refused(kw, match):
     steps = args.pop("steps")
     with pytest.raises(ScheduleLabError, match=match):
         LD3Optimizer(model, steps, **args)
+
+
+def test_cli_optimize_ld3_mlp_and_resume(tmp_path, capsys):
+    """`python -m core optimize ld3` on a toy MLP (gradients through a network; its weights untouched)
+    writes a Schedule for the solver asked, and --resume of a finished run gives the same schedule."""
+    from core.cli import main
+    out = tmp_path / "l.json"
+    args = ["optimize", "ld3", "--toy", "moons", "--model", "mlp", "--steps", "4", "--n-samples", "8",
+            "--teacher-steps", "30", "--iters", "6", "--out", str(out), "--json"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    s = Schedule.load(out)
+    assert s.name == "ld3" and s.solver == "dpmpp_2m" and s.steps == 4 and first["iterations"] == 6
+    assert main(args + ["--resume", str(tmp_path / "l.state.json")]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["sigmas"] == first["sigmas"] and again["resumed"] is True
+    assert main(["optimize", "ld3", "--toy", "moons", "--steps", "2", "--out", str(out)]) == 2
+    assert "steps must be >= 3" in capsys.readouterr().err

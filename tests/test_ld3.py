@@ -84,7 +84,7 @@ def test_gaussian_ld3_lowers_true_global_error_on_heldout_noise():
     e_ld3 = err(sched)
     e_ll = err(make_schedule("loglinear", n, 0.002, 80.0))
     e_k = err(make_schedule("karras", n, 0.002, 80.0))
-    assert e_ld3 < 0.7 * e_ll and e_ld3 < e_k
+    assert e_ld3 < 0.1 * e_ll and e_ld3 < 0.1 * e_k     # measured: 400x and 1000x lower
     assert sched.solver == "dpmpp_2m" and sched.steps == n
 
 
@@ -146,3 +146,19 @@ def test_cli_optimize_ld3_mlp_and_resume(tmp_path, capsys):
     assert again["sigmas"] == first["sigmas"] and again["resumed"] is True
     assert main(["optimize", "ld3", "--toy", "moons", "--steps", "2", "--out", str(out)]) == 2
     assert "steps must be >= 3" in capsys.readouterr().err
+
+
+def test_xi_update_is_torch_rmsprop_after_clipping():
+    """The hand-written update (JSON-resumable state) equals clip_grad_norm_(1.0) + torch.optim.RMSprop
+    (lr 5e-3, momentum 0.9), the reference's optimizer for the level parameters."""
+    opt = LD3Optimizer(MixtureDenoiser(gaussian(C)), 5)
+    p = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    ref = torch.optim.RMSprop([p], lr=5e-3, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    for i in range(20):
+        gr = torch.randn(4, generator=g, dtype=torch.float64) * (3.0 if i % 2 else 0.3)   # clipped and not
+        p.grad = gr.clone()
+        torch.nn.utils.clip_grad_norm_(p, 1.0)
+        ref.step()
+        opt._rmsprop(gr)
+    assert torch.allclose(opt.xi, p.detach(), rtol=0, atol=1e-14) and float(p.detach().abs().max()) > 1e-2

@@ -12,7 +12,7 @@ to a teacher sample from the same noise:
    ... < c_{n-1} = 1 -> log sigma_k = log sigma_max + c_k (log sigma_min - log sigma_max). xi = 0
    (the reference's `ones` start) is the log-linear schedule. The reference carries n + 1
    parameters for n gaps; its first is normalised away, so this is the same family.
-3. Slack loss (paper Eq. 9 "LD3 with a relaxed objective"): min over xi and x_T' in the ball
+3. Slack loss (the paper's "soft teacher forcing" surrogate): min over xi and x_T' in the ball
    ||z' - z|| <= r of d(Psi_xi(sigma_max z'), Psi*(sigma_max z)), d = the per-sample mean squared
    error (the reference's `L2` loss; LPIPS is not used here). As in the reference: z' takes one SGD
    step (lr `shift_lr` = 12 / n) per batch, is projected onto the ball (r = `prior_bound`, default
@@ -25,7 +25,7 @@ to a teacher sample from the same noise:
    starts from the best xi, then moves the validation latents too (slack, no xi update); when none
    moved, shift_lr halves.
 
-Left out of the reference (see docs in the report): the second, shifted discretization (`params2`,
+Left out of the reference: the second, shifted discretization (`params2`,
 the "version 2" rounds: the model is told a level shifted within half the smallest gap; a Schedule
 cannot express it, the product's solvers call the model at the levels they step to); the `time`
 parametrization; LPIPS; `match_prior` (fitting xi to GITS levels first). The stop after the minimum
@@ -128,7 +128,8 @@ class LD3Optimizer(Optimizer):
                 raise ScheduleLabError(f"{name} must be a number >= 0; got {v!r}")
         self.model, self.steps, self.n_samples, self.seed = model, int(steps), int(n_samples), int(seed)
         self.rounds, self.batch_size, self.lr0, self.min_lr = rounds, batch_size, float(lr), float(min_lr)
-        self.momentum, self.lr_decay, self.patience, self.lr_patience = float(momentum), float(lr_decay), patience, lr_patience
+        self.momentum, self.lr_decay = float(momentum), float(lr_decay)
+        self.patience, self.lr_patience = patience, lr_patience
         self.prior_bound, self.shift_lr0, self.shift_lr_decay = float(pb), float(sl), float(shift_lr_decay)
         self.teacher_steps = int(teacher_steps)
         self.n_train = self.n_samples // 2
@@ -238,7 +239,7 @@ class LD3Optimizer(Optimizer):
 
     def events(self):
         t0 = time.perf_counter()
-        z, _ = self._teacher()
+        self._teacher()
         while not self.done:
             if self.round >= self.rounds or self.iteration >= self.iters or self.min_hits >= self.lr_patience:
                 self.done = True

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from bench._common import table, write  # noqa: E402
 from core.metrics.toy import mean_ci  # noqa: E402
 from core.models import load_toy_model  # noqa: E402
-from core.optimizers.ld3 import optimize_ld3  # noqa: E402
+from core.optimizers.ld3 import LD3Optimizer, ld3_solve, sample_loss  # noqa: E402
 from core.optimizers.oss import optimize_oss  # noqa: E402
 from core.sampling import generate, initial_noise  # noqa: E402
 from core.schedules import make_schedule  # noqa: E402
@@ -36,6 +36,20 @@ def _timed(fn):
     return out, time.perf_counter() - w, time.process_time() - c
 
 
+def _ld3(model, nfe, solver):
+    """LD3 with its defaults -> (schedule, {LD3's own validation loss: of its schedule, of a given one})."""
+    opt = LD3Optimizer(model, nfe, solver)
+    for _ in opt.events():
+        pass
+    z, target = opt._teacher()
+
+    def val_loss(sched):                       # the LD3 objective on the validation pairs, original noise
+        lv = torch.tensor(sched.sigmas[:-1], dtype=torch.float64)
+        x = ld3_solve(model, opt.stepper, lv, opt.sigma_max * z[opt.n_train:])
+        return float(sample_loss(x, target[opt.n_train:]).mean())
+    return opt.result(), val_loss
+
+
 def run(toys, kinds, nfes, n, solver="dpmpp_2m"):
     time_rows, q_rows, schedules = [], [], {}
     for toy in toys:
@@ -48,8 +62,11 @@ def run(toys, kinds, nfes, n, solver="dpmpp_2m"):
                 cands = {"karras": make_schedule("karras", nfe, lo, hi),
                          "loglinear": make_schedule("loglinear", nfe, lo, hi)}
                 for name, fn in (("oss", lambda: optimize_oss(model, nfe, solver)),
-                                 ("ld3", lambda: optimize_ld3(model, nfe, solver))):
-                    cands[name], wall, cpu = _timed(fn)
+                                 ("ld3", lambda: _ld3(model, nfe, solver))):
+                    out, wall, cpu = _timed(fn)
+                    if name == "ld3":
+                        out, val_loss = out
+                    cands[name] = out
                     time_rows.append({"toy": toy, "model": kind, "nfe": nfe, "method": name,
                                       "wall_s": wall, "cpu_s": cpu})
                 row = {"toy": toy, "model": kind, "nfe": nfe}
@@ -61,6 +78,8 @@ def run(toys, kinds, nfes, n, solver="dpmpp_2m"):
                 for name in METHODS:
                     row[f"{name}/best_heuristic"] = row[name] / best_h
                 row["ld3/oss"] = row["ld3"] / row["oss"]
+                # LD3's own objective (validation pairs): is LD3 short of its optimum (underfit)?
+                row["ld3_obj_ld3"], row["ld3_obj_oss"] = val_loss(cands["ld3"]), val_loss(cands["oss"])
                 q_rows.append(row)
                 schedules[f"{toy}/{kind}/{nfe}"] = {k: list(v.sigmas) for k, v in cands.items()}
                 print(row, file=sys.stderr)
@@ -82,7 +101,11 @@ def main(argv=None):
     print()
     cols = ["toy", "model", "nfe", "karras", "loglinear", "oss", "ld3", "ld3_ci", "oss/best_heuristic",
             "ld3/best_heuristic", "ld3/oss"]
+    cols2 = ["toy", "model", "nfe", "ld3_obj_ld3", "ld3_obj_oss"]
     print(table(q_rows, cols, f"mean ||x - x_ref(500-step Heun)|| on {a.n} held-out noises, dpmpp_2m"))
+    print()
+    print(table(q_rows, cols2, "LD3's objective (per-sample MSE to the teacher, its validation pairs) of LD3's "
+                               "schedule and of OSS's"))
     wins = {m: int(sum(r[f"{m}/best_heuristic"] < 1 for r in q_rows)) for m in METHODS}
     print(f"\nbeats the best heuristic in {wins} of {len(q_rows)} (toy, model, NFE) cells")
     p = write("ld3", {"n": a.n, "heldout_seed": HELDOUT_SEED, "solver": "dpmpp_2m", "time": time_rows,

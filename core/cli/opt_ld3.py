@@ -21,6 +21,8 @@ def add_arguments(p):
     p.add_argument("--iters", type=int, default=None, help="cap on level updates (default: rounds x batches)")
     p.add_argument("--rounds", type=int, default=7, help="passes over the training pairs (reference 2 + 5)")
     p.add_argument("--lr", type=float, default=5e-3, help="RMSprop lr of the level parameters (reference 5e-3)")
+    p.add_argument("--batch-size", type=int, default=2, help="training pairs per update (reference 2)")
+    p.add_argument("--patience", type=int, default=5, help="validations without improvement before lr decay (reference 5)")
     p.add_argument("--prior-bound", type=float, default=None,
                    help="slack radius on the unit-normal latent (default 0.001 d / steps^2; 0 = off)")
     p.add_argument("--teacher-steps", type=int, default=100, help="teacher Heun levels (polynomial grid)")
@@ -37,7 +39,8 @@ def run(a) -> int:
 
     model, label = load(a, resolve_device(a.device))
     opt = LD3Optimizer(model, a.steps, a.solver, sigma_min=a.sigma_min, sigma_max=a.sigma_max,
-                       n_samples=a.n_samples, iters=a.iters, rounds=a.rounds, lr=a.lr, prior_bound=a.prior_bound,
+                       n_samples=a.n_samples, iters=a.iters, rounds=a.rounds, lr=a.lr,
+                       batch_size=a.batch_size, patience=a.patience, prior_bound=a.prior_bound,
                        teacher_steps=a.teacher_steps, seed=a.seed)
     out = Path(a.out)
     state_path = Path(a.state or a.resume or out.with_name(out.stem + ".state.json"))

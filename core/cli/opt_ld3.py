@@ -22,7 +22,7 @@ def add_arguments(p):
     p.add_argument("--rounds", type=int, default=7, help="passes over the training pairs (reference 2 + 5)")
     p.add_argument("--lr", type=float, default=5e-3, help="RMSprop lr of the level parameters (reference 5e-3)")
     p.add_argument("--batch-size", type=int, default=2, help="training pairs per update (reference 2)")
-    p.add_argument("--patience", type=int, default=5, help="validations without improvement before lr decay (reference 5)")
+    p.add_argument("--patience", type=int, default=5, help="validations without gain before lr decay (reference 5)")
     p.add_argument("--prior-bound", type=float, default=None,
                    help="slack radius on the unit-normal latent (default 0.001 d / steps^2; 0 = off)")
     p.add_argument("--teacher-steps", type=int, default=100, help="teacher Heun levels (polynomial grid)")

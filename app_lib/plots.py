@@ -92,6 +92,26 @@ def schedules_fig(schedules: dict, title: str = "Schedules") -> go.Figure:
     return _layout(fig, title, height=460)
 
 
+def editor_fig(original, edited, selected=None, title: str = "Levels (click a point to pick it)") -> go.Figure:
+    """The editor's chart: positive levels (log y) against their row, the edited levels first
+    (trace 0, "edited": the one plotly selection events pick from), the original dotted, and
+    the picked row ringed ("picked")."""
+    lo, ed = _positive(original), np.asarray(edited, dtype=np.float64)
+    fig = go.Figure([go.Scatter(x=np.arange(len(ed)), y=ed, mode="lines+markers", name="edited",
+                                marker=dict(size=10, color=color(1)), line=dict(color=color(1)),
+                                hovertemplate="row %{x}: sigma = %{y:.5g}<extra>edited</extra>"),
+                     go.Scatter(x=np.arange(len(lo)), y=lo, mode="lines+markers", name="original",
+                                marker=dict(size=6, color="gray"), line=dict(color="gray", dash="dot"),
+                                hoverinfo="skip")])
+    if selected is not None and 0 <= int(selected) < len(ed):
+        fig.add_trace(go.Scatter(x=[int(selected)], y=[ed[int(selected)]], mode="markers", name="picked",
+                                 marker=dict(size=18, color="rgba(0,0,0,0)", line=dict(width=2, color="black")),
+                                 hoverinfo="skip"))
+    fig.update_yaxes(type="log", title="sigma")
+    fig.update_xaxes(title="row (0 = sigma_max)", dtick=1)
+    return _layout(fig, title, height=360, clickmode="event+select", dragmode="select")
+
+
 # ---------------------------------------------------------------- per-interval curves
 def interval_bars_fig(curves: dict, cost_key: str, title: str, ytitle: str, err_key=None) -> go.Figure:
     """Per-interval cost as bars: one group per schedule, x = interval index from sigma_max;

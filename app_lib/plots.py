@@ -113,9 +113,10 @@ def editor_fig(original, edited, selected=None, title: str = "Levels (click a po
 
 
 # ---------------------------------------------------------------- per-interval curves
-def interval_bars_fig(curves: dict, cost_key: str, title: str, ytitle: str, err_key=None) -> go.Figure:
+def interval_bars_fig(curves: dict, cost_key: str, title: str, ytitle: str, err_key=None,
+                      log_y: bool = False) -> go.Figure:
     """Per-interval cost as bars: one group per schedule, x = interval index from sigma_max;
-    whiskers from `err_key` (e.g. a standard error) when given."""
+    whiskers from `err_key` (e.g. a standard error) when given; a log y axis with `log_y`."""
     fig = go.Figure()
     for i, (label, c) in enumerate(curves.items()):
         v = np.asarray(c[cost_key], dtype=np.float64)
@@ -125,17 +126,17 @@ def interval_bars_fig(curves: dict, cost_key: str, title: str, ytitle: str, err_
                              error_y=err, hovertext=text, hovertemplate="interval %{x} %{hovertext}: %{y:.4g}"))
     fig.update_layout(barmode="group")
     fig.update_xaxes(title="interval (1 = noisiest)", dtick=1)
-    fig.update_yaxes(title=ytitle)
+    fig.update_yaxes(title=ytitle + (" (log scale)" if log_y else ""), type="log" if log_y else "linear")
     return _layout(fig, title)
 
 
-def density_fig(curves: dict, xkey: str, ykey: str, title: str, ytitle: str) -> go.Figure:
-    """A cost density over sigma (log axis), one line per schedule."""
+def density_fig(curves: dict, xkey: str, ykey: str, title: str, ytitle: str, log_y: bool = False) -> go.Figure:
+    """A cost density over sigma (log axis), one line per schedule; a log y axis with `log_y`."""
     fig = go.Figure()
     for i, (label, c) in enumerate(curves.items()):
         fig.add_trace(go.Scatter(x=c[xkey], y=c[ykey], mode="lines", name=label, line=dict(color=color(i))))
     fig.update_xaxes(type="log", title="sigma")
-    fig.update_yaxes(title=ytitle)
+    fig.update_yaxes(title=ytitle + (" (log scale)" if log_y else ""), type="log" if log_y else "linear")
     return _layout(fig, title)
 
 

@@ -3,6 +3,7 @@
 `density_grid`      the exact (noisy) log-density of a 2D toy on a regular grid.
 `cumulative_share`  running share of a per-interval cost from sigma_max down to 0.
 `schedule_table`    one row of summary numbers per schedule (for tables).
+`objective_totals`  KLUB / Stein / truncation totals per schedule and the winner of each.
 """
 from __future__ import annotations
 
@@ -82,3 +83,33 @@ def schedule_table(schedules: dict) -> list:
                      "sigma_min": s.sigma_min, "solver": s.solver or "",
                      "sigmas": ", ".join(f"{v:.4g}" for v in s.sigmas)})
     return rows
+
+
+def objective_totals(klub: dict, stein: dict, truncation: dict) -> dict:
+    """One row of totals per schedule from the per-interval curves, and the winner of each column.
+
+    Args: {label: curves} of core.objectives.klub.klub_curves (total, total_se),
+        core.objectives.stein.stein_curves (total_cost) and
+        core.objectives.truncation.truncation_curve (objective); a dict may be empty (that
+        objective failed) and its column is then left out.
+    Returns {"rows": [{"schedule", "KLUB", "KLUB s.e.", "Stein", "bound"} ...] in the order of the
+    labels, "best": {column: label with the lowest finite total}} (lower is better for all three;
+    a NaN total is shown as None and never wins)."""
+    cols = {"KLUB": (klub, "total"), "Stein": (stein, "total_cost"), "bound": (truncation, "objective")}
+    labels = list(dict.fromkeys([*klub, *stein, *truncation]))
+    rows, best = [], {}
+    for label in labels:
+        row = {"schedule": label}
+        for col, (curves, key) in cols.items():
+            if curves:
+                v = float(curves[label][key]) if label in curves else math.nan
+                row[col] = v if math.isfinite(v) else None
+                if col == "KLUB":
+                    se = float(curves[label].get("total_se", math.nan)) if label in curves else math.nan
+                    row["KLUB s.e."] = se if math.isfinite(se) else None
+        rows.append(row)
+    for col, (curves, _) in cols.items():
+        vals = [(r[col], r["schedule"]) for r in rows if r.get(col) is not None]
+        if vals:
+            best[col] = min(vals, key=lambda t: t[0])[1]          # first listed on a tie
+    return {"rows": rows, "best": best}

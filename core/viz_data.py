@@ -4,6 +4,7 @@
 `cumulative_share`  running share of a per-interval cost from sigma_max down to 0.
 `schedule_table`    one row of summary numbers per schedule (for tables).
 `objective_totals`  KLUB / Stein / truncation totals per schedule and the winner of each.
+`metric_winners`    the best schedule per metric of a metrics table.
 """
 from __future__ import annotations
 
@@ -113,3 +114,17 @@ def objective_totals(klub: dict, stein: dict, truncation: dict) -> dict:
         if vals:
             best[col] = min(vals, key=lambda t: t[0])[1]          # first listed on a tie
     return {"rows": rows, "best": best}
+
+
+def metric_winners(metrics: dict, keys, higher_is_better=()) -> dict:
+    """{metric: label of the best finite value} over {label: {metric: value}} (lowest wins, highest
+    for the keys in `higher_is_better`; first listed on a tie; a metric with no finite value has
+    no winner)."""
+    best = {}
+    for k in keys:
+        vals = [(float(m[k]), label) for label, m in metrics.items()
+                if m.get(k) is not None and math.isfinite(float(m[k]))]
+        if vals:
+            sign = -1.0 if k in higher_is_better else 1.0
+            best[k] = min(vals, key=lambda t: sign * t[0])[1]
+    return best

@@ -133,3 +133,10 @@ def test_objective_totals_rows_and_winners():
     # an objective that failed (empty) has no column and no winner
     out = objective_totals(klub, {}, trunc)
     assert "Stein" not in out["rows"][0] and set(out["best"]) == {"KLUB", "bound"}
+
+
+def test_metric_winners_lowest_or_highest_and_never_nan():
+    from core.viz_data import metric_winners
+    m = {"a": {"nll": 1.0, "coverage": 0.5, "mmd": float("nan")}, "b": {"nll": 2.0, "coverage": 0.9, "mmd": None}}
+    assert metric_winners(m, ["nll", "coverage", "mmd"], higher_is_better={"coverage"}) == {"nll": "a",
+                                                                                           "coverage": "b"}

@@ -86,8 +86,8 @@ def _sample(a):
     model = load_toy_model(a.toy, a.model, a.device) if a.model == "mlp" else _exact(mix, a.device)
     sched = load_schedule(a.schedule, a.steps, a.sigma_min, a.sigma_max, **parse_params(a.param))
     r = evaluate_toy(model, mix, sched, a.solver, n=a.n, seeds=tuple(range(a.seed, a.seed + a.seeds)))
-    out = {k: r[k] for k in ("nll", "swd", "mmd", "nfe", "seconds", "sigmas")}
-    out.update({k + "_ci": r[k + "_ci"] for k in ("nll", "swd", "mmd")})
+    out = {k: r[k] for k in ("nll", "kde_nll", "coverage", "swd", "mmd", "nfe", "seconds", "sigmas")}
+    out.update({k + "_ci": r[k + "_ci"] for k in ("nll", "kde_nll", "coverage", "swd", "mmd")})
     emit(out, a.json, "\n".join(f"{k}: {v}" for k, v in out.items()))
 
 

@@ -25,6 +25,25 @@ def _positive(sigmas) -> np.ndarray:
     return s[s > 0]
 
 
+def sigma_ticks(values, max_ticks: int = 10) -> dict:
+    """Tick marks for a log-sigma axis at 1-2-5 x 10^k only (decades alone when that gives more than
+    `max_ticks`), over the positive `values` the axis shows; plotly's defaults crowd such axes with
+    every digit. Returns dict(tickvals, ticktext) for update_xaxes / update_yaxes ({} when fewer than
+    two such ticks fall in the range: plotly's own ticks then)."""
+    v = _positive(np.concatenate([np.ravel(np.asarray(a, dtype=np.float64)) for a in values]) if len(values) else [])
+    if v.size == 0:
+        return {}
+    lo, hi = float(v.min()) / 1.001, float(v.max()) * 1.001
+    ks = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    for mant in ((1, 2, 5), (1,)):
+        ticks = [m * 10.0 ** k for k in ks for m in mant if lo <= m * 10.0 ** k <= hi]
+        if len(ticks) <= max_ticks:
+            break
+    if len(ticks) < 2:                                                 # a narrow range: plotly's own ticks
+        return {}
+    return {"tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]}
+
+
 # ---------------------------------------------------------------- toys
 def density_trace(grid: dict) -> go.Heatmap:
     """The exact log-density as a heatmap (clipped 12 nats below its peak so the modes show)."""
@@ -75,7 +94,8 @@ def schedule_points_fig(schedules: dict, title: str = "Schedule points on a log-
         fig.add_trace(go.Scatter(x=pos, y=[label] * len(pos), mode="markers+lines", name=label,
                                  marker=dict(size=9, color=color(i)), line=dict(width=1, color=color(i)),
                                  hovertemplate="sigma = %{x:.4g}<extra>" + label + "</extra>"))
-    fig.update_xaxes(type="log", title="sigma (log scale; the final step jumps to 0)")
+    fig.update_xaxes(type="log", title="sigma (log scale; the final step jumps to 0)",
+                     **sigma_ticks([s.sigmas for s in schedules.values()]))
     return _layout(fig, title, height=140 + 40 * len(schedules), showlegend=False)
 
 
@@ -87,7 +107,7 @@ def schedules_fig(schedules: dict, title: str = "Schedules") -> go.Figure:
         frac = np.arange(len(pos)) / max(s.steps, 1)
         fig.add_trace(go.Scatter(x=frac, y=pos, mode="lines+markers", name=label,
                                  marker=dict(color=color(i), size=6), line=dict(color=color(i))))
-    fig.update_yaxes(type="log", title="sigma")
+    fig.update_yaxes(type="log", title="sigma", **sigma_ticks([s.sigmas for s in schedules.values()]))
     fig.update_xaxes(title="step / steps")
     return _layout(fig, title, height=460)
 
@@ -107,7 +127,7 @@ def editor_fig(original, edited, selected=None, title: str = "Levels (click a po
         fig.add_trace(go.Scatter(x=[int(selected)], y=[ed[int(selected)]], mode="markers", name="picked",
                                  marker=dict(size=18, color="rgba(0,0,0,0)", line=dict(width=2, color="black")),
                                  hoverinfo="skip"))
-    fig.update_yaxes(type="log", title="sigma")
+    fig.update_yaxes(type="log", title="sigma", **sigma_ticks([lo, ed]))
     fig.update_xaxes(title="row (0 = sigma_max)", dtick=1)
     return _layout(fig, title, height=360, clickmode="event+select", dragmode="select")
 
@@ -135,7 +155,7 @@ def density_fig(curves: dict, xkey: str, ykey: str, title: str, ytitle: str, log
     fig = go.Figure()
     for i, (label, c) in enumerate(curves.items()):
         fig.add_trace(go.Scatter(x=c[xkey], y=c[ykey], mode="lines", name=label, line=dict(color=color(i))))
-    fig.update_xaxes(type="log", title="sigma")
+    fig.update_xaxes(type="log", title="sigma", **sigma_ticks([c[xkey] for c in curves.values()]))
     fig.update_yaxes(title=ytitle + (" (log scale)" if log_y else ""), type="log" if log_y else "linear")
     return _layout(fig, title)
 
@@ -146,7 +166,8 @@ def cumulative_fig(cums: dict, title: str) -> go.Figure:
     for i, (label, c) in enumerate(cums.items()):
         fig.add_trace(go.Scatter(x=c["sigma"], y=c["cumulative"], mode="lines+markers", name=label,
                                  line=dict(color=color(i), shape="hv")))
-    fig.update_xaxes(type="log", autorange="reversed", title="sigma (from sigma_max down)")
+    fig.update_xaxes(type="log", autorange="reversed", title="sigma (from sigma_max down)",
+                     **sigma_ticks([c["sigma"] for c in cums.values()]))
     fig.update_yaxes(title="share of the total", range=[0, 1.05])
     return _layout(fig, title)
 
@@ -165,7 +186,8 @@ def optimizer_points_fig(history: list, title: str = "Schedule points over itera
                 xs.extend([h["iteration"]] * len(pos))
                 ys.extend(pos.tolist())
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=g, marker=dict(size=5, color=color(j))))
-    fig.update_yaxes(type="log", title="sigma")
+    fig.update_yaxes(type="log", title="sigma",
+                     **sigma_ticks([h["sigmas"] for h in history if not h.get("placeholder")]))
     fig.update_xaxes(title="iteration")
     return _layout(fig, title)
 

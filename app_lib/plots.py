@@ -64,15 +64,22 @@ def samples_fig(grid: dict, x: np.ndarray, title: str, max_points: int = 3000) -
     return _layout(fig, title, height=420, showlegend=False)
 
 
-def trajectory_fig(grid: dict, traj: np.ndarray, step: int, sigmas, title: str) -> go.Figure:
-    """Paths [steps + 1, k, 2] of k samples up to `step`, with their positions at that step."""
-    traj = np.asarray(traj)
-    step = int(min(max(step, 0), traj.shape[0] - 1))
+def _paths_and_now(traj: np.ndarray, step: int) -> tuple:
+    """(paths [m, 2] up to `step`, split per sample by NaN rows; positions [k, 2] at `step`)."""
     path = traj[: step + 1]                                          # [step + 1, k, 2]
     k = path.shape[1]
     sep = np.full((1, k, 2), np.nan)
-    lines = np.concatenate([path, sep]).transpose(1, 0, 2).reshape(-1, 2)  # paths split by NaN
-    now = traj[step]
+    return np.concatenate([path, sep]).transpose(1, 0, 2).reshape(-1, 2), traj[step]
+
+
+def trajectory_fig(grid: dict, traj: np.ndarray, step: int, sigmas, title: str, animate: bool = False) -> go.Figure:
+    """Paths [steps + 1, k, 2] of k samples up to `step`, with their positions at that step.
+
+    animate: also one plotly frame per step (0 .. steps) and Play / Pause buttons that run them in
+    the browser (no rerun); the figure shows `step` until Play is pressed."""
+    traj = np.asarray(traj)
+    step = int(min(max(step, 0), traj.shape[0] - 1))
+    lines, now = _paths_and_now(traj, step)
     fig = go.Figure([density_trace(grid),
                      go.Scatter(x=lines[:, 0], y=lines[:, 1], mode="lines", name="paths",
                                 line=dict(width=1, color="rgba(80,80,80,0.5)"), connectgaps=False),
@@ -81,8 +88,23 @@ def trajectory_fig(grid: dict, traj: np.ndarray, step: int, sigmas, title: str) 
     lo, hi = grid["extent"]
     fig.update_xaxes(range=[lo, hi], constrain="domain")
     fig.update_yaxes(range=[lo, hi], scaleanchor="x")
-    sig = float(sigmas[step])
-    return _layout(fig, f"{title}: step {step}, sigma = {sig:.4g}", height=420, showlegend=False)
+    head = lambda k: f"{title}: step {k}, sigma = {float(sigmas[k]):.4g}"   # noqa: E731
+    if animate:
+        frames = []
+        for k in range(traj.shape[0]):
+            ln, nw = _paths_and_now(traj, k)
+            frames.append(go.Frame(name=str(k), traces=[1, 2], layout=dict(title=dict(text=head(k))),
+                                   data=[go.Scatter(x=ln[:, 0], y=ln[:, 1]), go.Scatter(x=nw[:, 0], y=nw[:, 1])]))
+        fig.frames = frames
+        play = dict(frame=dict(duration=500, redraw=False), transition=dict(duration=0), fromcurrent=False,
+                    mode="immediate")
+        pause = dict(frame=dict(duration=0, redraw=False), transition=dict(duration=0), mode="immediate")
+        fig.update_layout(updatemenus=[dict(type="buttons", direction="left", x=0.0, y=-0.02, xanchor="left",
+                                            yanchor="top", showactive=False,
+                                            buttons=[dict(label="▶ Play", method="animate", args=[None, play]),
+                                                     dict(label="❚❚ Pause", method="animate",
+                                                          args=[[None], pause])])])
+    return _layout(fig, head(step), height=420 + (40 if animate else 0), showlegend=False)
 
 
 # ---------------------------------------------------------------- schedules

@@ -65,10 +65,11 @@ tc[1].slider("Step", min_value=0, max_value=steps, key="pg_traj_step")
 step = int(st.session_state.pg_traj_step)
 cols = st.columns(2)
 for col, (label, s) in zip(cols, scheds.items()):
-    col.plotly_chart(plots.trajectory_fig(grid, samples[label]["trajectory"], step, s.sigmas, label),
-                     key=f"pg_fig_traj_{label[0]}")
+    col.plotly_chart(plots.trajectory_fig(grid, samples[label]["trajectory"], step, s.sigmas, label,
+                                          animate=True), key=f"pg_fig_traj_{label[0]}")
 st.caption("Grey: the paths of the first samples from the initial noise (far outside the window at "
-           "sigma_max) to step k; red: where they are at step k. Slide to watch them settle.")
+           "sigma_max) to step k; red: where they are at step k. Slide to watch them settle, or press "
+           "▶ Play under a chart to run all steps in the browser.")
 
 st.subheader("Metrics")
 seeds = tuple(range(seed, seed + int(st.session_state.pg_seeds)))

@@ -99,3 +99,19 @@ def test_metrics_table_shows_collapse_proof_metrics_and_highlights_each_winner(p
     cols = list(table.columns)
     assert marked == {(labels.index(lab), cols.index(col)) for col, lab in best.items()}
     assert any("unbiased estimator" in c.value and "negative" in c.value for c in page.caption)
+
+
+def test_trajectories_animate_with_one_frame_per_step(page):
+    fig = figures(page)["pg_fig_traj_A"]
+    model = load_toy_model("gaussian", "exact")
+    steps = page.session_state["pg_steps"]
+    s = make_schedule("karras", steps, model.sigma_min, model.sigma_max)
+    r = generate(model, s, 500, solver=page.session_state["pg_solver"], seed=0, keep_trajectory=8)
+    assert [f["name"] for f in fig["frames"]] == [str(k) for k in range(steps + 1)]
+    for k in (0, steps // 2, steps):
+        fr = fig["frames"][k]
+        assert fr["traces"] == [1, 2]                                # paths and current move, the density stays
+        np.testing.assert_allclose(arr(fr["data"][1]["x"]), r.trajectory[k, :, 0].numpy(), rtol=1e-12)
+        assert f"sigma = {s.sigmas[k]:.4g}" in fr["layout"]["title"]["text"]
+    buttons = fig["layout"]["updatemenus"][0]["buttons"]
+    assert [b["method"] for b in buttons] == ["animate", "animate"] and "Play" in buttons[0]["label"]

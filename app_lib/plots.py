@@ -151,7 +151,7 @@ def editor_fig(original, edited, selected=None, title: str = "Levels (click a po
                                  hoverinfo="skip"))
     fig.update_yaxes(type="log", title="sigma", **sigma_ticks([lo, ed]))
     fig.update_xaxes(title="row (0 = sigma_max)", dtick=1)
-    return _layout(fig, title, height=360, clickmode="event+select", dragmode="select")
+    return _layout(fig, title, height=360)        # (Streamlit's on_select sets clickmode and dragmode)
 
 
 # ---------------------------------------------------------------- per-interval curves

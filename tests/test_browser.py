@@ -164,3 +164,34 @@ def test_optimizer_start_changes_the_plot(server, browser, tmp_path):
             page.get_by_text("resumed from iteration").or_(page.get_by_text("done", exact=True)).first.wait_for(
                 timeout=90_000)
         _no_errors(page, "optimizer after stop / resume")
+
+
+def test_schedule_editor_point_pick_and_nudge(server, browser, tmp_path):
+    """Click a point of the editor's chart (a plotly selection event), nudge it x1.1: the picked row
+    follows the click, the chart redraws, and no error block appears. The toolbar has no Deploy."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(f"{server}/schedules", timeout=120_000)
+    page.get_by_role("heading", name="Schedules").first.wait_for(timeout=120_000)
+    _settle(page)
+    assert page.get_by_role("button", name="Deploy").count() == 0          # .streamlit/config.toml: minimal
+    chart = page.locator(".st-key-se_fig .js-plotly-plot")
+    chart.wait_for(timeout=120_000)
+    chart.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    box = chart.locator(".scatterlayer .trace").first.locator(".point").nth(3).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)                                # plotly clicks the point under its hover
+    page.wait_for_timeout(500)
+    page.mouse.click(x, y)
+    _settle(page)
+    from playwright.sync_api import expect
+    expect(page.locator(".st-key-se_point input")).to_have_value("3", timeout=60_000)   # the click picked row 3
+    _settle(page)
+    page.wait_for_function("() => document.querySelectorAll('.st-key-se_fig').length === 1", timeout=60_000)
+    before = chart.first.inner_html()
+    page.locator(".st-key-se_up button").first.click()
+    _settle(page)
+    page.wait_for_function("(b) => document.querySelector('.st-key-se_fig .js-plotly-plot').innerHTML !== b",
+                           arg=before, timeout=60_000)
+    _no_errors(page, "schedule editor after a nudge")
+    page.screenshot(path=str(tmp_path / "schedule_editor.png"), full_page=True)

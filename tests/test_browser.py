@@ -85,11 +85,13 @@ def browser(server):
 
 
 def _settle(page, timeout_ms=120_000):
-    """Wait until the script run has finished (the 'running' status widget is gone)."""
+    """Wait until the script run has finished: the app's script state is 'notRunning' (the 'running'
+    status widget alone is not enough: with client.toolbarMode = "minimal" it may never show)."""
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
     page.wait_for_timeout(500)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
-                           timeout=timeout_ms)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]') && "
+                           "document.querySelector('[data-test-script-state]')?.getAttribute("
+                           "'data-test-script-state') === 'notRunning'", timeout=timeout_ms)
 
 
 def _no_errors(page, where):

@@ -24,7 +24,7 @@ from core.objectives.truncation import SOLVER as NONUNIFORM_SOLVER
 from core.objectives.truncation import truncation_curve
 from core.optimizers.ays import AYSOptimizer, default_stages
 from core.optimizers.nonuniform import NonUniformOptimizer
-from core.optimizers.score_optimal import ScoreOptimalOptimizer
+from core.optimizers.score_optimal import ScoreOptimalOptimizer, auto_chunk_points
 from core.schedules import Schedule
 from toy_data import get_toy
 
@@ -177,7 +177,7 @@ def image_stein_density(model_id: str, device: str, levels: int = 100, n: int = 
     model = image_model(model_id, device)
     data = reg.model_data(model_id, model)
     grid = log_grid(model.sigma_min, model.sigma_max, int(levels))
-    delta = stein_density(model, data, grid, n=int(n), seed=int(seed))
+    delta = stein_density(model, data, grid, n=int(n), seed=int(seed), chunk_points=auto_chunk_points(model))
     return {"grid": grid, "delta": delta, "source": data.source, "generated": bool(data.generated)}
 
 

@@ -1,21 +1,30 @@
 """Session settings (the shared sidebar), cached model loading and cached engine results,
-and the session's schedule library.
+and the session's schedule library (kept on disk by app_lib.store: a reload or a new session
+finds it again).
 
 Every widget has a stable key; cached functions take plain hashable arguments (names, sigma
 tuples) and rebuild engine objects inside, so st.cache_data can hash them.
 """
 from __future__ import annotations
 
+import json
+import shlex
+import warnings
+
 import streamlit as st
 import torch
 
+from app_lib import store
+from core.errors import ScheduleLabError
 from core.models import TOY_KINDS, load_toy_model, toy_checkpoint
-from core.schedules import Schedule, make_schedule, resample_loglinear, schedule_names
+from core.schedules import PresetRangeWarning, Schedule, make_schedule, resample_loglinear, schedule_names
 from core.solvers import solver_names
 from toy_data import TOYS, get_toy
 
 DEFAULTS = {"sb_seed": 0, "sb_toy": "grid8x8", "sb_model_kind": "exact"}
+USER_KIND = "user:"          # model kind of a user's own 2-D model: "user:" + JSON [spec, weights, params]
 LIBRARY_KEY = "library"
+STORE_MSG = "_store_message"          # a problem with the app's folder, shown in the sidebar
 LIB_PREFIX = "lib:"
 # heuristics whose parameter a user may want to set, with the default the app uses
 SCHEDULE_PARAMS = {"karras": ("rho", 7.0), "polyexponential": ("rho", 1.0), "kl_optimal": ("c", 0.5)}
@@ -40,12 +49,35 @@ def sidebar() -> dict:
     sb.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="sb_seed")
     sb.selectbox("Toy distribution", TOYS, key="sb_toy")
     kinds = model_kinds(st.session_state["sb_toy"])
+    with sb.expander("Your own 2-D model"):
+        init_widgets({"sb_user_spec": "", "sb_user_weights": "", "sb_user_params": ""})
+        st.text_input("module.py:ClassName", key="sb_user_spec")
+        st.text_input("Weights file", key="sb_user_weights")
+        st.text_area("Parameters (key=value, one a line)", key="sb_user_params",
+                     help="as --param on the command line: parametrization, process, time_input, shape=2, ... "
+                          "(docs/models.md); the toy above is its data's density")
+        user = user_kind(st.session_state.sb_user_spec, st.session_state.sb_user_weights,
+                         st.session_state.sb_user_params)
+        if user is not None:
+            try:
+                toy_model(st.session_state["sb_toy"], user, st.session_state["sb_device"])
+                kinds.append(user)
+            except ScheduleLabError as e:
+                st.error(str(e))
     if st.session_state.get("sb_model_kind") not in kinds:
         st.session_state["sb_model_kind"] = kinds[0]
-    sb.selectbox("Toy model", kinds, key="sb_model_kind",
+    sb.selectbox("Toy model", kinds, key="sb_model_kind", format_func=kind_label,
                  help="exact: the closed-form mixture denoiser; mlp: the shipped trained network "
-                      "(listed when checkpoints/toy_mlp/TOY.safetensors exists)")
+                      "(listed when checkpoints/toy_mlp/TOY.safetensors exists); your model: the one "
+                      "loaded below")
     sb.caption("Models load once per session (cached); results are cached per input.")
+    library()
+    try:
+        sb.caption(f"Library and optimizer runs are saved in `{store.home()}` (set {store.ENV} to move it).")
+    except ScheduleLabError as e:
+        st.session_state[STORE_MSG] = str(e)
+    if st.session_state.get(STORE_MSG):
+        sb.warning(st.session_state[STORE_MSG])
     return settings()
 
 
@@ -71,10 +103,33 @@ def settings() -> dict:
 
 
 # ---------------------------------------------------------------- cached engine calls
+def user_kind(spec: str, weights: str, params: str) -> str | None:
+    """The model kind of a user's own model (None when no spec is given)."""
+    if not spec.strip():
+        return None
+    return USER_KIND + json.dumps([spec.strip(), weights.strip() or None, params.strip()])
+
+
+def kind_label(kind: str) -> str:
+    return f"your model ({json.loads(kind[len(USER_KIND):])[0]})" if kind.startswith(USER_KIND) else kind
+
+
 @st.cache_resource(show_spinner="Loading model ...")
 def toy_model(toy: str, kind: str, device: str):
-    """The toy's Denoiser (exact mixture or shipped MLP), once per (toy, kind, device)."""
-    return load_toy_model(toy, kind, device)
+    """The toy's Denoiser (exact mixture or shipped MLP), or a user's 2-D model (kind USER_KIND + JSON
+    [module.py:Class, weights, "key=value" lines], loaded by core.models.registry), once per
+    (toy, kind, device)."""
+    if not kind.startswith(USER_KIND):
+        return load_toy_model(toy, kind, device)
+    from core.cli import parse_params
+    from core.models.registry import load_model
+    spec, weights, params = json.loads(kind[len(USER_KIND):])
+    model = load_model(spec, device, weights=weights, params=parse_params(shlex.split(params)))
+    dim = get_toy(toy).dim
+    if tuple(model.event_shape) != (dim,):
+        raise ScheduleLabError(f"the pages show {dim}-D models; {spec} makes samples of shape "
+                               f"{tuple(model.event_shape)} (set --param shape={dim})")
+    return model
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -117,27 +172,66 @@ def _default_library() -> dict:
     lib = {}
     for name, params in (("karras", {}), ("loglinear", {}), ("kl_optimal", {"c": 0.5}),
                          ("ays_sd15", {})):
-        s = make_schedule(name, 10, **params)
+        with warnings.catch_warnings():                 # the published SD 1.5 preset, shown as published
+            warnings.simplefilter("ignore", PresetRangeWarning)
+            s = make_schedule(name, 10, **params)
         lib[s.label()] = s
     return lib
 
 
 def library() -> dict:
-    """{label: Schedule}, the session's schedule library (created with a few heuristics)."""
-    if LIBRARY_KEY not in st.session_state:
-        st.session_state[LIBRARY_KEY] = _default_library()
-    return st.session_state[LIBRARY_KEY]
+    """{label: Schedule}, the session's schedule library: the saved one (app_lib.store), else a
+    few heuristics."""
+    ss = st.session_state
+    if LIBRARY_KEY not in ss:
+        try:
+            saved = store.load_library()
+        except ScheduleLabError as e:
+            saved, ss[STORE_MSG] = None, str(e)
+        ss[LIBRARY_KEY] = saved if saved is not None else _default_library()
+    return ss[LIBRARY_KEY]
 
 
-def add_to_library(schedule: Schedule, label: str | None = None) -> str:
-    """Add a schedule under a unique label (suffix ' #2', ' #3' ... on clashes); returns it."""
+def save_library() -> None:
+    """Write the session's library to disk (atomically); a failure is shown in the sidebar."""
+    try:
+        store.save_library(library())
+    except (OSError, ScheduleLabError) as e:
+        st.session_state[STORE_MSG] = f"the library could not be saved: {e}"
+
+
+def add_to_library(schedule: Schedule, label: str | None = None, save: bool = True) -> str:
+    """Add a schedule under a unique label (suffix ' #2', ' #3' ... on clashes) and save the
+    library; returns the label."""
     lib = library()
     base = label or schedule.label()
     label, i = base, 2
     while label in lib and lib[label] != schedule:
         label, i = f"{base} #{i}", i + 1
     lib[label] = schedule
+    if save:
+        save_library()
     return label
+
+
+def remove_from_library(labels) -> None:
+    lib = library()
+    for label in labels or []:
+        lib.pop(label, None)
+    save_library()
+
+
+def merge_library(text) -> list:
+    """Add every schedule of a library file's text (store.library_from_json validates it); returns
+    the labels they got."""
+    added = [add_to_library(s, label, save=False) for label, s in store.library_from_json(text).items()]
+    save_library()
+    return added
+
+
+def library_json() -> str:
+    """The library as a downloadable file (the format store.library_from_json reads back)."""
+    return store.library_to_json(library())
 
 
 def schedule_options() -> list:

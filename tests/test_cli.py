@@ -54,7 +54,7 @@ def test_sample_json_contract(tmp_path):
     (("sample", "--toy", "moons", "--schedule", "karas", "--steps", "4", "--solver", "euler"), "unknown schedule"),
     (("sample", "--toy", "moons", "--schedule", "karras", "--steps", "4", "--solver", "rk9"), "unknown solver"),
     (("sample", "--toy", "moons", "--schedule", "karras", "--steps", "4", "--solver", "euler", "--model", "big"),
-     "invalid choice"),
+     "unknown model 'big'"),            # --model is exact | mlp | your own module.py:Class
     (("schedule", "karras", "--steps", "0"), "positive integer"),
     (("schedule", "karras", "--steps", "5", "--param", "rh=7"), "no parameter"),
 ])

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from pathlib import Path
 
 from core.errors import ScheduleLabError, unknown_name
 from core.schedules.heuristics import ALIASES, HEURISTICS
 from core.schedules.io import FORMATS, export, parse  # noqa: F401
-from core.schedules.presets import (AYS_PRESETS, AYS_TIMESTEPS, ays_preset, loglinear_interp,  # noqa: F401
-                                    resample_loglinear)
+from core.schedules.presets import (AYS_PRESETS, AYS_TIMESTEPS, PresetRangeWarning, ays_preset,  # noqa: F401
+                                    loglinear_interp, preset_range_mismatch, resample_loglinear)
 from core.schedules.schedule import Schedule, validate_sigmas  # noqa: F401
 from core.schedules.tables import TABLE_SCHEDULERS, TABLES, get_table, table_schedule  # noqa: F401
 
@@ -57,6 +58,10 @@ def make_schedule(name: str, steps: int, sigma_min: float | None = None, sigma_m
         if params:
             raise ScheduleLabError(f"AYS preset {name!r} has no parameter {sorted(params)[0]!r}; "
                                    "its parameters: denoise")
+        if sigma_min is not None and sigma_max is not None:       # a model's range was given
+            msg = preset_range_mismatch(name[4:], float(sigma_min), float(sigma_max))
+            if msg is not None:
+                warnings.warn(msg, PresetRangeWarning, stacklevel=2)
         return ays_preset(name[4:], steps, denoise=denoise)
     if name not in HEURISTICS:
         raise unknown_name("schedule", name, schedule_names() + table_schedule_names())

@@ -33,6 +33,24 @@ def ays_levels(model: str) -> list:
 AYS_PRESETS = {k: ays_levels(k) for k in ("sd15", "sdxl", "svd")}
 
 
+class PresetRangeWarning(UserWarning):
+    """A published preset used on a model whose sigma range is not the preset's."""
+
+
+def preset_range_mismatch(model: str, sigma_min: float, sigma_max: float, rtol: float = 0.02) -> str | None:
+    """A message when the AYS preset's range [last level, first level] differs from the model's
+    [sigma_min, sigma_max] by more than rtol (relative) at either end; None when they agree.  The preset
+    keeps its own levels (as ComfyUI's node does), so on another model it starts or ends at the wrong noise."""
+    lv = AYS_PRESETS[model]
+    lo, hi = float(lv[-1]), float(lv[0])
+    if abs(lo - sigma_min) <= rtol * sigma_min and abs(hi - sigma_max) <= rtol * sigma_max:
+        return None
+    return (f"ays_{model} is the published schedule for {model} over sigma {lo:g} .. {hi:g}; this model's range is "
+            f"{sigma_min:g} .. {sigma_max:g}, so the preset starts{' above' if hi > sigma_max else ' below'} its "
+            f"sigma_max and ends{' above' if lo > sigma_min else ' below'} its sigma_min (optimize a schedule for "
+            "this model, or use a heuristic over its range)")
+
+
 def loglinear_interp(levels, num_levels: int) -> np.ndarray:
     """ComfyUI `loglinear_interp`: reverse to ascending, interpolate log-sigma linearly over
     linspace(0, 1, len) at linspace(0, 1, num_levels), exponentiate, reverse back."""

@@ -6,6 +6,7 @@ import re
 import streamlit as st
 
 from app_lib import plots
+from app_lib.schedule_editor import schedule_editor
 from app_lib.state import (SCHEDULE_PARAMS, add_to_library, init_widgets, library, library_json, merge_library,
                            remove_from_library, settings, toy_model)
 from app_lib.store import is_library_json
@@ -112,6 +113,8 @@ if lib:
     st.dataframe(schedule_table(lib), hide_index=True, key="sc_table")
 else:
     st.info("The library is empty: add a heuristic or import a schedule below.")
+
+schedule_editor()
 
 left, right = st.columns(2)
 with left:

@@ -89,11 +89,13 @@ def browser(server):
 
 
 def _settle(page, timeout_ms=120_000):
-    """Wait until the script run has finished (the 'running' status widget is gone)."""
+    """Wait until the script run has finished: the app's script state is 'notRunning' (the 'running'
+    status widget alone is not enough: with client.toolbarMode = "minimal" it may never show)."""
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
     page.wait_for_timeout(500)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
-                           timeout=timeout_ms)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]') && "
+                           "document.querySelector('[data-test-script-state]')?.getAttribute("
+                           "'data-test-script-state') === 'notRunning'", timeout=timeout_ms)
 
 
 def _no_errors(page, where):
@@ -252,4 +254,36 @@ def test_stop_in_stage_2_holds_and_a_reload_finds_the_library_and_the_run(server
     assert "browser_lib (3 steps)" in page.locator(".js-plotly-plot").first.inner_text()
     assert page.locator(".st-key-run_indicator").inner_text().startswith("stopped: AYS, stage")
     _no_errors(page, "schedules after reload")
+    page.close()
+
+
+def test_schedule_editor_point_pick_and_nudge(server, browser, tmp_path):
+    """Click a point of the editor's chart (a plotly selection event), nudge it x1.1: the picked row
+    follows the click, the chart redraws, and no error block appears. The toolbar has no Deploy."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(f"{server}/schedules", timeout=120_000)
+    page.get_by_role("heading", name="Schedules").first.wait_for(timeout=120_000)
+    _settle(page)
+    assert page.get_by_role("button", name="Deploy").count() == 0          # .streamlit/config.toml: minimal
+    chart = page.locator(".st-key-se_fig .js-plotly-plot")
+    chart.wait_for(timeout=120_000)
+    chart.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    box = chart.locator(".scatterlayer .trace").first.locator(".point").nth(3).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)                                # plotly clicks the point under its hover
+    page.wait_for_timeout(500)
+    page.mouse.click(x, y)
+    _settle(page)
+    from playwright.sync_api import expect
+    expect(page.locator(".st-key-se_point input")).to_have_value("3", timeout=60_000)   # the click picked row 3
+    _settle(page)
+    page.wait_for_function("() => document.querySelectorAll('.st-key-se_fig').length === 1", timeout=60_000)
+    before = chart.first.inner_html()
+    page.locator(".st-key-se_up button").first.click()
+    _settle(page)
+    page.wait_for_function("(b) => document.querySelector('.st-key-se_fig .js-plotly-plot').innerHTML !== b",
+                           arg=before, timeout=60_000)
+    _no_errors(page, "schedule editor after a nudge")
+    page.screenshot(path=str(tmp_path / "schedule_editor.png"), full_page=True)
     page.close()

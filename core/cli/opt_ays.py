@@ -35,7 +35,7 @@ def add_arguments(p):
     p.add_argument("--max-iters", default=None,
                    help="sweep cap per stage, or one per stage (toys 100, images 5,2,1)")
     p.add_argument("--heldout", default="auto",
-                   help="auto | nll | swd | ref_error | fd | none (auto: nll on toys; fd to the training split for "
+                   help="auto | kde_nll | nll | swd | ref_error | fd | none (auto: kde_nll on toys; fd to the training split for "
                         "models with the digits metrics; none for other image models)")
     p.add_argument("--patience", type=int, default=None, help="first-stage sweeps without held-out gain (toys 8, images 2)")
     p.add_argument("--solver", default=None, help="solver of the held-out metric (toys dpmpp_2m_sde, images dpmpp_2m)")
@@ -71,14 +71,14 @@ def _model_and_data(a, device):
     heldout = None if a.heldout in ("none", "None", "") else a.heldout
     if mc.toy:
         if heldout == "fd":
-            raise ScheduleLabError("--heldout fd needs an image model with the digits metrics; toys use nll or swd")
+            raise ScheduleLabError("--heldout fd needs an image model with the digits metrics; toys use kde_nll, nll or swd")
         return mc.model, mc.data.sample, mc.data, d, heldout, None
     from core.models.registry import model_entry
     from core.optimizers.heldout import FDHeldout
     digits = getattr(model_entry(a.model), "metrics", None) == "digits"
     if heldout == "auto":
         heldout = "fd" if digits else None
-    if heldout in ("nll", "swd"):
+    if heldout in ("nll", "swd", "kde_nll"):
         raise ScheduleLabError(f"--heldout {heldout} is for toys; image models take fd (digits), ref_error or none")
     if heldout == "fd":
         if not digits:

@@ -102,7 +102,8 @@ class AYSOptimizer(Optimizer):
         n_samples: Monte Carlo samples per sweep (paper: 8192); c: importance constant (0.5).
         n_candidates: values tried besides the current one (paper: 10).
         max_iters: sweep cap per stage (paper: < 300), or one cap per stage (a list as long as stages).
-        heldout: "auto" (nll with a known mixture, else ref_error) | "nll" | "swd" | "ref_error" | None.
+        heldout: "auto" (kde_nll with a known mixture, which a collapsed sample cannot win, unlike nll;
+            else ref_error) | "kde_nll" | "nll" | "swd" | "ref_error" | None.
         heldout_fn: schedule -> float (lower is better); overrides `heldout`.
         patience: first-stage sweeps without held-out improvement before stopping early (8: on
             grid8x8 the NLL plateaus for up to 5 sweeps before improving again; bench/ays.py).
@@ -156,7 +157,7 @@ class AYSOptimizer(Optimizer):
             self.heldout, self._metric = "custom", heldout_fn
         else:
             if heldout == "auto":
-                heldout = "nll" if mixture is not None else "ref_error"
+                heldout = "kde_nll" if mixture is not None else "ref_error"
             if heldout is not None and heldout not in HELDOUT:
                 raise unknown_name("held-out metric", heldout, HELDOUT + ("auto", "none"))
             self.heldout = heldout

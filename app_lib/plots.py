@@ -215,19 +215,22 @@ def optimizer_points_fig(history: list, title: str = "Schedule points over itera
 
 
 def optimizer_curves_fig(history: list, early_stopped_at=None, best_so_far=None,
-                         title: str = "Objective and held-out metric") -> go.Figure:
-    """Objective (left axis) and held-out metric (right axis) per iteration (events without an
-    objective value are left out); the early-stopping point the optimizer reported as a dashed
-    vertical line, the best held-out iteration so far (while it runs) as a dotted one."""
+                         title: str = "Objective and held-out metric", objective_name: str = "objective") -> go.Figure:
+    """Objective (left axis, `objective_name`) and held-out metric (right axis, named by the events'
+    `heldout_name`) per iteration (events without an objective value are left out); the early-stopping
+    point the optimizer reported as a dashed vertical line, the best held-out iteration so far (while it
+    runs) as a dotted one."""
     obj = [(h["iteration"], h["objective"]) for h in history
            if h["objective"] is not None and np.isfinite(h["objective"])]
     fig = go.Figure([go.Scatter(x=[a for a, _ in obj], y=[b for _, b in obj], mode="lines+markers",
                                 name="objective", line=dict(color=color(0)))])
     held = [(h["iteration"], h["heldout"]) for h in history if h.get("heldout") is not None]
     if held:
+        name = next((h["heldout_name"] for h in reversed(history) if h.get("heldout_name")), None)
+        label = f"held-out {name}" if name else "held-out"
         fig.add_trace(go.Scatter(x=[a for a, _ in held], y=[b for _, b in held], mode="lines+markers",
-                                 name="held-out", yaxis="y2", line=dict(color=color(1))))
-        fig.update_layout(yaxis2=dict(title="held-out (lower is better)", overlaying="y", side="right"))
+                                 name=label, yaxis="y2", line=dict(color=color(1))))
+        fig.update_layout(yaxis2=dict(title=f"{label} (lower is better)", overlaying="y", side="right"))
     if early_stopped_at is not None:
         fig.add_vline(x=early_stopped_at, line_dash="dash", line_color="green",
                       annotation_text="early-stopping point", annotation_position="top left")
@@ -235,7 +238,7 @@ def optimizer_curves_fig(history: list, early_stopped_at=None, best_so_far=None,
         fig.add_vline(x=best_so_far, line_dash="dot", line_color="gray",
                       annotation_text="best held-out so far", annotation_position="top left")
     fig.update_xaxes(title="iteration")
-    fig.update_yaxes(title="objective")
+    fig.update_layout(yaxis=dict(title=objective_name))     # (update_yaxes would also retitle the right axis)
     return _layout(fig, title)
 
 

@@ -168,6 +168,7 @@ class OptimizerRun:
     def _publish(self, opt, ev, elapsed):
         rec, extra = ev.to_dict(), ev.extra or {}
         rec["early_stopped_at"] = extra.get("early_stopped_at")
+        rec["heldout_name"] = extra.get("heldout_name")
         rec["group"] = (f"start {extra['start']}" if "start" in extra else
                         "result" if "best_start" in extra else f"stage {ev.stage}")
         rec["placeholder"] = self.method == "score_optimal" and not ev.done

@@ -22,8 +22,10 @@ KNOBS = {
     "c": ("c", "AYS: data scale of KLUB's importance sampler (Eq. 15)"),
     "max_iters": ("Iterations", "AYS: sweep cap per stage"),
     "maxiter": ("Solver iterations", "DM-NonUniform: trust-constr iteration cap per start"),
-    "heldout": ("Early-stopping metric", "AYS: held-out quality metric, lower is better (nll: exact density of the "
-                                         "toy; swd: sliced W2 to data; ref_error: distance to a many-step solution); "
+    "heldout": ("Early-stopping metric", "AYS: held-out quality metric, lower is better (kde_nll: held-out data "
+                                         "under a KDE of the samples, which a collapsed sample cannot win; nll: exact "
+                                         "density of the toy at the samples, which rewards collapse onto the modes; swd: "
+                                         "sliced W2 to data; ref_error: distance to a many-step solution); "
                                          "'none' disables early stopping"),
     "patience": ("Patience", "AYS: first-stage sweeps without a held-out improvement before stopping early"),
     "heldout_solver": ("Solver", "AYS: the solver the held-out metric samples with (the solver the schedule is "
@@ -42,7 +44,7 @@ st.caption("Run a schedule optimizer on the sidebar's toy model and watch it wor
 
 cfg = settings()
 init_widgets({"opt_method": "ays", "opt_steps": 10, "opt_stages": 1, "opt_n_samples": 1024,
-              "opt_n_candidates": 10, "opt_c": 0.5, "opt_max_iters": 30, "opt_heldout": "nll",
+              "opt_n_candidates": 10, "opt_c": 0.5, "opt_max_iters": 30, "opt_heldout": "kde_nll",
               "opt_patience": 3, "opt_heldout_solver": "dpmpp_2m", "opt_heldout_n": 2048, "opt_p": 1.0,
               "opt_v": 1.0, "opt_levels": 100, "opt_starts": list(STARTS), "opt_maxiter": 1000})
 st.selectbox("Method", list(engine.OPTIMIZERS), key="opt_method", format_func=engine.OPTIMIZERS.get)
@@ -186,7 +188,9 @@ def live():
         c[0].caption("Each column of points is the schedule after one iteration: watch the interior points "
                      "move while sigma_max and sigma_min stay fixed. Colours mark the AYS stages (or the "
                      "DM-NonUniform starts); score-optimal shows its schedule once the density is complete.")
-        c[1].plotly_chart(plots.optimizer_curves_fig(history, run.early_stopped_at, run.best_so_far),
+        objective = {"ays": "total KLUB", "nonuniform": "error bound", "score_optimal": "Stein cost"}
+        c[1].plotly_chart(plots.optimizer_curves_fig(history, run.early_stopped_at, run.best_so_far,
+                                                     objective_name=objective.get(run.method, "objective")),
                           key="opt_fig_curves")
         c[1].caption("The objective the method minimises (left axis: total KLUB, error bound or Stein cost) and "
                      "the held-out metric (right axis, lower is better). The dashed green line marks the "

@@ -92,7 +92,10 @@ def test_ays_stop_in_stage_2_of_3_then_resume_matches_an_uninterrupted_run(monke
     # the curves are the events' numbers, and the early-stopping point AYS reports is marked
     fig = figures(at)["opt_fig_curves"]
     np.testing.assert_allclose(arr(trace(fig, "objective")["y"]), [e.objective for e in evs], rtol=1e-12)
-    np.testing.assert_allclose(arr(trace(fig, "held-out")["y"]), [e.heldout for e in evs], rtol=1e-12)
+    metric = evs[-1].extra["heldout_name"]                      # the right axis names the held-out metric
+    np.testing.assert_allclose(arr(trace(fig, f"held-out {metric}")["y"]), [e.heldout for e in evs], rtol=1e-12)
+    assert fig["layout"]["yaxis2"]["title"]["text"] == f"held-out {metric} (lower is better)"
+    assert fig["layout"]["yaxis"]["title"]["text"] == "total KLUB"
     stop = evs[-1].extra["early_stopped_at"]
     assert stop is not None and [s["x0"] for s in fig["layout"]["shapes"]] == [stop]
     points = figures(at)["opt_fig_points"]

@@ -211,24 +211,34 @@ REFERENCE = {"solver": "heun", "schedule": "karras", "steps": 50}   # 99 NFE
 def reference_samples(model, n: int, seed: int = 0, sigma_max: float | None = None,
                       steps: int | None = None, cache: bool = True) -> torch.Tensor:
     """Many-step Heun / EDM (rho = 7) samples (REFERENCE["steps"] steps unless given) from the same
-    initial noise as `sample_images` (seed, sigma_0 = sigma_max); cached under CACHE/reference/."""
+    initial noise as `sample_images` (seed, sigma_0 = sigma_max); cached under CACHE/reference/,
+    keyed by core.cache.model_fingerprint (weights + wrapper options + code version), the reference
+    solver, schedule, steps, sigma range, n and seed. A non-finite reference raises and is never cached."""
     from safetensors.torch import load_file, save_file
 
+    from core import cache as kc
     from core.schedules import make_schedule
     steps = int(steps or REFERENCE["steps"])
     smax = float(sigma_max or model.sigma_max)
     sched = make_schedule(REFERENCE["schedule"], steps, model.sigma_min, smax)
-    key = f"{model_fingerprint(model)}_n{n}_s{seed}_k{steps}_{smax:g}"
-    path = CACHE / "reference" / f"{key}.safetensors"
+    key = (f"{kc.model_fingerprint(model)}_{REFERENCE['solver']}-{REFERENCE['schedule']}{steps}_n{n}_s{seed}"
+           f"_{kc.key_number(model.sigma_min)}-{kc.key_number(smax)}_v{kc.CODE_VERSION}")
+    path = kc.cache_dir("reference", CACHE) / f"{key}.safetensors"
     if cache and path.is_file():
         try:
-            return load_file(str(path))["x"]
+            x = load_file(str(path))["x"]
+            if bool(torch.isfinite(x).all()) and x.shape[0] == n:
+                return x
         except Exception:  # a corrupt cache file is recomputed
-            path.unlink(missing_ok=True)
+            pass
+        path.unlink(missing_ok=True)
     x, _, _ = sample_images(model, sched, REFERENCE["solver"], n, seed)
+    kc.require_finite(x, f"the {steps}-step {REFERENCE['solver']} reference of {getattr(model, 'name', 'the model')}")
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"x": x.contiguous()}, str(path))
+        tmp = path.with_suffix(".tmp")
+        save_file({"x": x.contiguous()}, str(tmp))
+        tmp.replace(path)
     return x
 
 

@@ -6,7 +6,6 @@ The conversion itself lives in `core.models.wrap`; this module reads files and c
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -212,18 +211,26 @@ def image_sampler_from(path_or_none, model, cache_dir, n: int = 512, steps: int 
         else:
             raise ScheduleLabError(f"image data {str(p)!r} not found; give a folder of PNGs or an .npz file")
         return ImageData(x, str(p), False)
-    cache = Path(cache_dir).expanduser() / f"{_slug(model.name)}-{_fingerprint(model)}-n{n}-heun{steps}-s{seed}.npz"
+    from core import cache as kc
+    cache = Path(cache_dir).expanduser() / (f"{_slug(model.name)}-{kc.model_fingerprint(model)}-n{n}-heun{steps}"
+                                            f"-s{seed}-v{kc.CODE_VERSION}.npz")
     if cache.is_file():
-        with np.load(cache, allow_pickle=False) as z:
-            x = torch.from_numpy(z["images"]).float()
-        if tuple(x.shape[1:]) == shape and x.shape[0] == n:
-            return ImageData(x, f"model samples (cached {cache})", True, cache)
-    x = _generate(model, n, steps, seed, batch, progress)
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                x = torch.from_numpy(z["images"]).float()
+            if tuple(x.shape[1:]) == shape and x.shape[0] == n and bool(torch.isfinite(x).all()):
+                return ImageData(x, f"model samples (cached {cache})", True, cache)
+        except (OSError, ValueError, KeyError):          # unreadable: recomputed below
+            pass
+        cache.unlink(missing_ok=True)
+    x = kc.require_finite(_generate(model, n, steps, seed, batch, progress),
+                          f"the {steps}-step Heun samples of {model.name}")
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     with open(tmp, "wb") as f:
         np.savez(f, images=x.numpy(), info=np.array(json.dumps(
-            {"model": model.name, "n": n, "solver": "heun", "schedule": "karras", "steps": steps, "seed": seed})))
+            {"model": model.name, "n": n, "solver": "heun", "schedule": "karras", "steps": steps, "seed": seed,
+             "code_version": kc.CODE_VERSION})))
     tmp.replace(cache)
     return ImageData(x, f"model samples (generated, cached {cache})", True, cache)
 
@@ -289,15 +296,6 @@ def _read_npz(p: Path, shape, lo, hi) -> torch.Tensor:
     if not np.issubdtype(a.dtype, np.floating):
         raise ScheduleLabError(f"images in {str(p)!r} are {a.dtype}; give uint8 pixels or floats in data units")
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-
-
-def _fingerprint(model) -> str:
-    info = {k: v for k, v in model.describe().items() if k not in ("device", "dtype")}
-    h = hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode())
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:12]
 
 
 def _slug(name: str) -> str:

@@ -45,15 +45,13 @@ def parse(text: str, name: str = "imported", append_zero: bool = False) -> Sched
     """Text -> Schedule. Accepts our JSON, a JSON list, a ComfyUI string ('14.6, 6.4, ..., 0'),
     a diffusers `sigmas=[...]` snippet (final 0 appended), or a k-diffusion tensor snippet.
     Raises ScheduleLabError naming the problem."""
-    t = (text or "").strip()
+    from core import readers as rd
+    t = rd.check_text("" if text is None else text, "pasted schedule text").strip()
     if not t:
         raise ScheduleLabError("nothing to import: paste a JSON schedule, a ComfyUI sigma string "
                                "or a list of numbers")
     if t.startswith("{"):
-        try:
-            return Schedule.from_dict(json.loads(t))
-        except json.JSONDecodeError as e:
-            raise ScheduleLabError(f"schedule JSON is not valid: {e}") from None
+        return Schedule.from_dict(rd.loads_json(t, "schedule JSON"))
     is_diffusers = t.replace(" ", "").startswith("sigmas=[")
     body = t.split("=", 1)[1] if "=" in t else t
     body = body.replace("torch.tensor", "").strip().strip("()[] \n")

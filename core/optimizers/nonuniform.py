@@ -86,9 +86,9 @@ def _schedule(lam: np.ndarray, sigma_max: float, sigma_min: float, **params) -> 
 
 
 def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
-        raise ScheduleLabError(f"DM-NonUniform needs an integer steps >= 2 (sigma_max, sigma_min, 0; "
-                               f"n - 2 levels are optimized); got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 3:
+        raise ScheduleLabError(f"DM-NonUniform needs an integer steps >= 3 (n - 2 interior levels are "
+                               f"optimized between sigma_max and sigma_min; 2 steps leave none); got {steps!r}")
     if steps > 200:
         raise ScheduleLabError(f"steps = {steps} is more than DM-NonUniform is meant for (<= 200); "
                                "it optimizes few-step schedules")

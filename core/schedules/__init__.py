@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
 
 from core.errors import ScheduleLabError, unknown_name
@@ -24,8 +25,11 @@ def schedule_names() -> tuple:
 def make_schedule(name: str, steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
                   **params) -> Schedule:
     """A named heuristic or AYS preset with `steps` steps between sigma_max and sigma_min."""
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ScheduleLabError(f"steps must be a positive integer; got {steps!r}")
+    for k, v in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ScheduleLabError(f"{k} must be a finite number; got {v!r}")
     if not (0 < sigma_min < sigma_max):
         raise ScheduleLabError(f"need 0 < sigma_min < sigma_max; got sigma_min={sigma_min}, "
                                f"sigma_max={sigma_max}")
@@ -40,12 +44,37 @@ def make_schedule(name: str, steps: int, sigma_min: float = 0.002, sigma_max: fl
     if extra:
         raise ScheduleLabError(f"schedule {name!r} has no parameter {sorted(extra)[0]!r}; "
                                f"its parameters: {', '.join(sorted(allowed)) or 'none'}")
+    _check_params(name, params)
     if steps == 1:
         return Schedule((float(sigma_max), 0.0), name=name, params=params)
-    s = fn(steps, sigma_min, sigma_max, **params)
+    try:
+        s = fn(steps, sigma_min, sigma_max, **params)
+    except ScheduleLabError:
+        raise
+    except (ArithmeticError, ValueError, TypeError) as e:     # a parameter outside the formula's domain
+        raise ScheduleLabError(f"schedule {name!r} cannot be built with {params} between sigma_min = "
+                               f"{sigma_min:g} and sigma_max = {sigma_max:g}: {type(e).__name__}: {e}") from None
     # the endpoints are exact by construction; remove floating-point round-off (e.g. 79.99999999999997)
     sig = (float(sigma_max),) + s.sigmas[1:-2] + (float(sigma_min), 0.0)
     return Schedule(sig, name=s.name, params=s.params)
+
+
+# every heuristic parameter is a positive number; these also have an upper bound
+PARAM_MAX = {"rho": 1e3, "a": 1e3, "b": 1e3, "c": 1e6, "beta_min": 1e3, "beta_max": 1e3}
+
+
+def _check_params(name: str, params: dict) -> None:
+    """Each parameter a finite number in (0, PARAM_MAX]; VP betas with beta_min < beta_max."""
+    for k, v in params.items():
+        hi = PARAM_MAX.get(k, 1e6)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ScheduleLabError(f"schedule {name!r}: parameter {k} must be a number; got {v!r}")
+        if not (math.isfinite(v) and 0 < v <= hi):
+            raise ScheduleLabError(f"schedule {name!r}: parameter {k} = {v!r} is out of range; it must be a "
+                                   f"number in (0, {hi:g}]")
+    if params.get("beta_min", 0.1) >= params.get("beta_max", 20.0):
+        raise ScheduleLabError(f"schedule {name!r}: beta_min must be below beta_max; got "
+                               f"{params.get('beta_min', 0.1)} and {params.get('beta_max', 20.0)}")
 
 
 def load_schedule(name_or_file: str, steps: int | None = None, sigma_min: float = 0.002,

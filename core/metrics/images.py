@@ -12,6 +12,7 @@ same initial noise (ODE solvers): mean over images of the RMS pixel difference, 
 from __future__ import annotations
 
 import hashlib
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -20,7 +21,7 @@ from torch import nn
 import torch.nn.functional as Fn
 
 from core.errors import ScheduleLabError
-from core.models.checkpoints import ROOT, load_state_dict, read_metadata
+from core.models.checkpoints import ROOT, load_state_dict, read_metadata, state_dict_mismatch
 from core.models.digits import CLASSIFIER_CHECKPOINT
 
 CACHE = ROOT / ".cache" / "schedule_lab"
@@ -69,7 +70,7 @@ def _load_classifier(path: str, device: str) -> DigitClassifier:
         clf.load_state_dict(load_state_dict(path))
     except (RuntimeError, TypeError) as e:
         raise ScheduleLabError(f"classifier checkpoint {path} does not match its architecture: "
-                               f"{str(e).splitlines()[0]}; re-train it") from None
+                               f"{state_dict_mismatch(e)}; re-train it") from None
     return clf.to(device).eval().requires_grad_(False)
 
 
@@ -148,7 +149,11 @@ def reference_error(x: torch.Tensor, ref: torch.Tensor) -> float:
     """Mean over images of the RMS pixel difference between x and the reference from the same noise."""
     if x.shape != ref.shape:
         raise ScheduleLabError(f"reference has shape {tuple(ref.shape)}, samples {tuple(x.shape)}")
-    return float((x.double() - ref.double().to(x.device)).square().flatten(1).mean(1).sqrt().mean())
+    e = float((x.double() - ref.double().to(x.device)).square().flatten(1).mean(1).sqrt().mean())
+    if not math.isfinite(e):
+        raise ScheduleLabError(f"ref_error is {e}: the samples or the many-step reference contain NaN or inf "
+                               "(nothing is reported; check the model and the schedule)")
+    return e
 
 
 @lru_cache(maxsize=4)

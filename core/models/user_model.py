@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from core.errors import ScheduleLabError
+from core.models.checkpoints import state_dict_mismatch
 from core.models.wrap import WrappedDenoiser, wrap_module
 
 # ---- user modules: "module.py:ClassName" + a weights file ------------------------------------
@@ -82,8 +83,8 @@ def load_module_spec(spec: str, weights=None, params=None, device="cpu", cls=Non
         try:
             net.load_state_dict(sd, strict=True)
         except RuntimeError as e:
-            raise ScheduleLabError(f"weights {str(weights)!r} do not fit {spec}: "
-                                   f"{str(e).splitlines()[0]} ... (check --param values)") from None
+            raise ScheduleLabError(f"weights {str(weights)!r} do not fit {spec}: {state_dict_mismatch(e)} "
+                                   "(check --param values)") from None
     return net.to(device).eval()
 
 
@@ -122,6 +123,8 @@ def wrap_options(opts: dict) -> dict:
         for k in ("sigma_min", "sigma_max"):
             if k in o:
                 proc[k] = o[k]
+    if "data_range" in o and not isinstance(o["data_range"], (str, list, tuple)):
+        raise ScheduleLabError(f"bad data_range {o['data_range']!r}; give lo,hi like -1,1")
     if isinstance(o.get("data_range"), str):
         try:
             o["data_range"] = tuple(float(v) for v in o["data_range"].split(","))

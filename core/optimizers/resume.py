@@ -35,12 +35,15 @@ def tensor_hash(*tensors, extra: str = "") -> str:
 def data_fingerprint(sampler, mixture=None) -> str:
     """Content hash of the data an optimizer fits: the mixture's weights / means / covariances,
     the images of an ImageData, or else FINGERPRINT_SAMPLES draws of `sampler` from a fixed seed."""
+    if mixture is None and all(hasattr(sampler, k) for k in ("weights", "means", "covariances")):
+        mixture = sampler                                  # a GaussianMixture passed as the data
     if mixture is not None:
         return "mixture:" + tensor_hash(mixture.weights, mixture.means, mixture.covariances)
     images = getattr(sampler, "images", None)
     if isinstance(images, torch.Tensor):
         return "images:" + tensor_hash(images)
-    x = sampler(FINGERPRINT_SAMPLES, torch.Generator().manual_seed(20240917))
+    draw = sampler if callable(sampler) else sampler.sample
+    x = draw(FINGERPRINT_SAMPLES, torch.Generator().manual_seed(20240917))
     return "draws:" + tensor_hash(x)
 
 

@@ -22,7 +22,7 @@ from core.errors import ScheduleLabError
 
 MAX_BYTES = 16 * 2 ** 20          # a user file or pasted text (16 MiB; a 40-step schedule is < 2 kB)
 MAX_DEPTH = 32                    # JSON nesting (a mixture needs 3, a state 4)
-MAX_DIGITS = 400                  # characters in one JSON number literal (floats need < 25)
+MAX_DIGITS = 1000                 # characters in one JSON number literal (floats need < 25; 10**400 reaches the field check)
 MAX_STRING = 1000                 # characters in a name-like field
 MAX_ITEMS = 1_000_000             # numbers in one list
 

@@ -16,7 +16,7 @@ import os
 from core.errors import ScheduleLabError
 
 MEMORY_FRACTION = 0.5
-ROW_COPIES = 16                  # x, denoised, solver history, trajectories, metric temporaries
+ROW_COPIES = 8                   # x, denoised, solver history, trajectories, metric temporaries
 MAX_STEPS = 10_000
 MAX_SEEDS = 1_000
 MAX_SEED = 2 ** 40

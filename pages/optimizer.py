@@ -124,6 +124,14 @@ def _stop():
 
 
 def _resume():
+    from core.optimizers.resume import knob_changes     # issue 13: a changed knob is not silently ignored
+    run = st.session_state[RUN]
+    now = {k: v for k, v in knob_values().items() if k in engine.METHOD_KNOBS[run.method]}
+    changed = knob_changes(run.knobs, {**now, "toy": cfg["toy"], "model": cfg["model_kind"]})
+    if changed:
+        run.message = ("not resumed: " + ", ".join(f"{k} changed from {a!r} to {b!r}" for k, a, b in changed)
+                       + " since Stop. Set them back to resume this run, or press Start for a new run with them")
+        return
     try:
         st.session_state[RUN].resume()
     except ScheduleLabError as e:
@@ -165,7 +173,8 @@ def live():
         _save()
     if run.status != was:
         st.rerun(scope="app")    # buttons and the refresh timer follow the new status
-    (st.error if run.status == "failed" else st.caption)(f"**{run.status}** — {run.message}")
+    (st.error if run.status == "failed" else st.warning if run.message.startswith("not resumed")
+     else st.caption)(f"**{run.status}** — {run.message}")
     if run.history:
         last = run.history[-1]
         if run.method == "score_optimal" and not last["done"]:

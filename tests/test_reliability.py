@@ -372,3 +372,20 @@ def test_changed_knobs_on_resume_are_refused_and_listed():
 def test_sigma_max_inf_is_named_in_the_engine_too():
     with pytest.raises(ScheduleLabError, match="sigma_max must be a finite number; got inf"):
         make_schedule("karras", 5, 0.002, math.inf)
+
+
+def test_app_resume_with_a_changed_knob_is_refused_visibly():
+    from app_helpers import assert_clean, open_page
+    knobs = {"opt_method": "ays", "opt_steps": 5, "opt_stages": 1, "opt_n_samples": 128, "opt_n_candidates": 4,
+             "opt_max_iters": 3, "opt_heldout": "none", "opt_events_per_rerun": 1}
+    at = open_page("optimizer", toy="gaussian", **knobs)
+    at.button(key="opt_start").click().run()
+    at.button(key="opt_stop").click().run()
+    run = at.session_state["opt_run"]
+    it = run.state["iteration"]
+    at.session_state["opt_n_samples"] = 256                 # the Samples knob, changed while stopped
+    at.run()
+    at.button(key="opt_resume").click().run()
+    assert_clean(at)
+    assert run.status == "stopped" and run.state["iteration"] == it and run.knobs["n_samples"] == 128
+    assert any("not resumed: n_samples changed from 128 to 256" in w.value for w in at.warning)

@@ -94,10 +94,12 @@ def _model_and_data(a, device):
 def parse_stages(text):
     if text is None:
         return None
+    from core.limits import check_steps
     try:
-        return tuple(int(x) for x in str(text).split(",") if x.strip())
+        stages = tuple(int(x) for x in str(text).split(",") if x.strip())
     except ValueError:
         raise ScheduleLabError(f"--stages must be comma-separated integers such as 10,20,40; got {text!r}") from None
+    return tuple(check_steps(s, "--stages (each stage)") for s in stages)
 
 
 def parse_max_iters(text):

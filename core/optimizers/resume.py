@@ -78,6 +78,12 @@ def changed_settings(state, config: dict, keys) -> list:
     return [k for k in keys if k not in theirs or _norm(theirs[k]) != _norm(config[k])]
 
 
+def knob_changes(old: dict, new: dict) -> list:
+    """[(knob, old value, new value)] for every knob of `new` whose value differs from `old` (a UI's
+    Resume: a run continues with its own knobs, so changed ones must be refused or start a new run)."""
+    return [(k, old.get(k), v) for k, v in new.items() if _norm(old.get(k)) != _norm(v)]
+
+
 def claim_state_path(path, resume=None, force: bool = False) -> Path | None:
     """Check, before any work, that the state file `path` may be written by this run.
 

@@ -24,14 +24,14 @@ from core.objectives.truncation import SOLVER as NONUNIFORM_SOLVER
 from core.objectives.truncation import truncation_curve
 from core.optimizers.ays import AYSOptimizer, default_stages
 from core.optimizers.nonuniform import NonUniformOptimizer
-from core.optimizers.score_optimal import ScoreOptimalOptimizer
+from core.optimizers.score_optimal import ScoreOptimalOptimizer, auto_chunk_points
 from core.schedules import Schedule
 from toy_data import get_toy
 
 REGISTRY = "core.models.registry"
 OPTIMIZERS = {  # method -> label
     "ays": "Align Your Steps (KLUB search)",
-    "nonuniform": "DM-NonUniform (error bound, data-free, for dpmpp_3m)",
+    "nonuniform": "DM-NonUniform (error bound, data-free, for dpmpp_3m_lagrange)",
     "score_optimal": "Score-optimal (Stein cost)",
 }
 # the page's knobs each method uses (the others are shown disabled)
@@ -155,7 +155,7 @@ def image_error_vs_nfe(model_id: str, device: str, families: dict, nfes: tuple, 
 # ---------------------------------------------------------------- optimized schedules for an image model
 IMAGE_OPTIMIZED = {  # picker key -> label
     "opt:ays": "AYS (shipped with the model: digits 10 / 20 / 40, resampled otherwise)",
-    "opt:nonuniform": "DM-NonUniform (data-free, meant for dpmpp_3m)",
+    "opt:nonuniform": "DM-NonUniform (data-free, meant for dpmpp_3m_lagrange)",
     "opt:score_optimal": "score-optimal (this model's Stein density, meant for heun)",
 }
 IMAGE_OPTIMIZED_SHORT = {k: v.split(" (")[0] for k, v in IMAGE_OPTIMIZED.items()}   # table / legend labels
@@ -177,7 +177,7 @@ def image_stein_density(model_id: str, device: str, levels: int = 100, n: int = 
     model = image_model(model_id, device)
     data = reg.model_data(model_id, model)
     grid = log_grid(model.sigma_min, model.sigma_max, int(levels))
-    delta = stein_density(model, data, grid, n=int(n), seed=int(seed))
+    delta = stein_density(model, data, grid, n=int(n), seed=int(seed), chunk_points=auto_chunk_points(model))
     return {"grid": grid, "delta": delta, "source": data.source, "generated": bool(data.generated)}
 
 

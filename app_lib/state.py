@@ -6,15 +6,21 @@ tuples) and rebuild engine objects inside, so st.cache_data can hash them.
 """
 from __future__ import annotations
 
+import json
+import shlex
+import warnings
+
 import streamlit as st
 import torch
 
+from core.errors import ScheduleLabError
 from core.models import TOY_KINDS, load_toy_model, toy_checkpoint
-from core.schedules import Schedule, make_schedule, resample_loglinear, schedule_names
+from core.schedules import PresetRangeWarning, Schedule, make_schedule, resample_loglinear, schedule_names
 from core.solvers import solver_names
 from toy_data import TOYS, get_toy
 
 DEFAULTS = {"sb_seed": 0, "sb_toy": "grid8x8", "sb_model_kind": "exact"}
+USER_KIND = "user:"          # model kind of a user's own 2-D model: "user:" + JSON [spec, weights, params]
 LIBRARY_KEY = "library"
 LIB_PREFIX = "lib:"
 # heuristics whose parameter a user may want to set, with the default the app uses
@@ -40,11 +46,27 @@ def sidebar() -> dict:
     sb.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="sb_seed")
     sb.selectbox("Toy distribution", TOYS, key="sb_toy")
     kinds = model_kinds(st.session_state["sb_toy"])
+    with sb.expander("Your own 2-D model"):
+        init_widgets({"sb_user_spec": "", "sb_user_weights": "", "sb_user_params": ""})
+        st.text_input("module.py:ClassName", key="sb_user_spec")
+        st.text_input("Weights file", key="sb_user_weights")
+        st.text_area("Parameters (key=value, one a line)", key="sb_user_params",
+                     help="as --param on the command line: parametrization, process, time_input, shape=2, ... "
+                          "(docs/models.md); the toy above is its data's density")
+        user = user_kind(st.session_state.sb_user_spec, st.session_state.sb_user_weights,
+                         st.session_state.sb_user_params)
+        if user is not None:
+            try:
+                toy_model(st.session_state["sb_toy"], user, st.session_state["sb_device"])
+                kinds.append(user)
+            except ScheduleLabError as e:
+                st.error(str(e))
     if st.session_state.get("sb_model_kind") not in kinds:
         st.session_state["sb_model_kind"] = kinds[0]
-    sb.selectbox("Toy model", kinds, key="sb_model_kind",
+    sb.selectbox("Toy model", kinds, key="sb_model_kind", format_func=kind_label,
                  help="exact: the closed-form mixture denoiser; mlp: the shipped trained network "
-                      "(listed when checkpoints/toy_mlp/TOY.safetensors exists)")
+                      "(listed when checkpoints/toy_mlp/TOY.safetensors exists); your model: the one "
+                      "loaded below")
     sb.caption("Models load once per session (cached); results are cached per input.")
     return settings()
 
@@ -71,10 +93,33 @@ def settings() -> dict:
 
 
 # ---------------------------------------------------------------- cached engine calls
+def user_kind(spec: str, weights: str, params: str) -> str | None:
+    """The model kind of a user's own model (None when no spec is given)."""
+    if not spec.strip():
+        return None
+    return USER_KIND + json.dumps([spec.strip(), weights.strip() or None, params.strip()])
+
+
+def kind_label(kind: str) -> str:
+    return f"your model ({json.loads(kind[len(USER_KIND):])[0]})" if kind.startswith(USER_KIND) else kind
+
+
 @st.cache_resource(show_spinner="Loading model ...")
 def toy_model(toy: str, kind: str, device: str):
-    """The toy's Denoiser (exact mixture or shipped MLP), once per (toy, kind, device)."""
-    return load_toy_model(toy, kind, device)
+    """The toy's Denoiser (exact mixture or shipped MLP), or a user's 2-D model (kind USER_KIND + JSON
+    [module.py:Class, weights, "key=value" lines], loaded by core.models.registry), once per
+    (toy, kind, device)."""
+    if not kind.startswith(USER_KIND):
+        return load_toy_model(toy, kind, device)
+    from core.cli import parse_params
+    from core.models.registry import load_model
+    spec, weights, params = json.loads(kind[len(USER_KIND):])
+    model = load_model(spec, device, weights=weights, params=parse_params(shlex.split(params)))
+    dim = get_toy(toy).dim
+    if tuple(model.event_shape) != (dim,):
+        raise ScheduleLabError(f"the pages show {dim}-D models; {spec} makes samples of shape "
+                               f"{tuple(model.event_shape)} (set --param shape={dim})")
+    return model
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -117,7 +162,9 @@ def _default_library() -> dict:
     lib = {}
     for name, params in (("karras", {}), ("loglinear", {}), ("kl_optimal", {"c": 0.5}),
                          ("ays_sd15", {})):
-        s = make_schedule(name, 10, **params)
+        with warnings.catch_warnings():                 # the published SD 1.5 preset, shown as published
+            warnings.simplefilter("ignore", PresetRangeWarning)
+            s = make_schedule(name, 10, **params)
         lib[s.label()] = s
     return lib
 

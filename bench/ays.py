@@ -36,6 +36,9 @@ from core.objectives.klub import (_gap, draw_noise, klub_normalizer, klub_sample
                                   sample_sigma)
 from core.optimizers.ays import AYSOptimizer, candidates, nested_stages  # noqa: E402
 from core.schedules import make_schedule  # noqa: E402
+
+# kl_optimal at the toys' data std (the AYS theorem's c), not ComfyUI's default c = 1
+DATA_SCALED = {"kl_optimal": {"c": 0.5}}
 from toy_data import get_toy  # noqa: E402
 
 PAPER = {"karras": (9.02, 4.03, 1.52), "loglinear": (6.25, 1.83, 0.07), "ays": (-0.14, -0.51, -0.57)}
@@ -256,7 +259,8 @@ def main(argv=None):
                 ["wall_s", "cpu_s", "sweeps_per_stage", "early_stopped_at"], "(b) full hierarchy 10 -> 19 -> 37"))
 
     nfes = (6, 8, 10)
-    heur = {name: (lambda nfe, name=name: make_schedule(name, nfe)) for name in ("karras", "loglinear", "kl_optimal")}
+    heur = {name: (lambda nfe, name=name: make_schedule(name, nfe, **DATA_SCALED.get(name, {})))
+            for name in ("karras", "loglinear", "kl_optimal")}
     per = ays_per_nfe(exact, mix, a.samples, a.seed, nfes, opt)
     scheds = {**heur, "ays": lambda nfe: per[nfe].result(nfe), "ays_interp": lambda nfe: opt.result(nfe)}
     hier["per_nfe"] = {nfe: {"sigmas": list(o.result(nfe).sigmas), "early_stopped_at": o.state_dict()["early_stopped_at"],

@@ -1,9 +1,9 @@
 """Discretization error of every schedule family through every deterministic solver, on the shipped
-toy MLPs (methods.md s.7): mean distance of the n-step sample to a 500-step dpmpp_3m solution of
+toy MLPs (methods.md s.7): mean distance of the n-step sample to a 500-step dpmpp_3m_lagrange solution of
 the same probability-flow ODE from the same noise (600 points, sigma 0.002..80).
 
 Schedules: uniform lambda (log-linear), EDM rho = 7, DM-NonUniform (p = 1; the bound models
-dpmpp_3m) and score-optimal (v = sigma; Stein density estimated from the MLP itself).  NFE is the
+dpmpp_3m_lagrange) and score-optimal (v = sigma; Stein density estimated from the MLP itself).  NFE is the
 budget: n = NFE levels for the one-call solvers, n = (NFE + 1) / 2 for Heun (odd NFE only).
 
     python bench/discretization.py [--toys moons,ring8,grid8x8] [--nfe 5,6,7,8,10]
@@ -26,7 +26,7 @@ from core.sampling import generate  # noqa: E402
 from core.schedules import make_schedule  # noqa: E402
 from toy_data import get_toy  # noqa: E402
 
-SOLVERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m")
+SOLVERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m_lagrange")
 SMIN, SMAX = 0.002, 80.0
 
 
@@ -50,7 +50,7 @@ def main(argv=None):
         model, mix = load_toy_model(toy, "mlp"), get_toy(toy)
         noise = (SMAX * torch.randn(600, 2, generator=torch.Generator().manual_seed(a.seed),
                                     dtype=torch.float64)).to(model.dtype)
-        ref = generate(model, make_schedule("karras", 500, SMIN, SMAX), 600, solver="dpmpp_3m", noise=noise).x
+        ref = generate(model, make_schedule("karras", 500, SMIN, SMAX), 600, solver="dpmpp_3m_lagrange", noise=noise).x
         cache = {}
         for nfe in (int(v) for v in a.nfe.split(",")):
             for solver in SOLVERS:

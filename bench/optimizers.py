@@ -11,9 +11,9 @@
    when its checkpoint exists), jvp and fd.
 3. grid8x8, exact denoiser: NLL under the true density at NFE 6 / 8 / 10 with dpmpp_2m_sde and
    dpmpp_2m for karras, loglinear, kl_optimal, AYS (when core.optimizers.ays exists),
-   DM-NonUniform (also with its own dpmpp_3m) and score-optimal (default speed v = sigma, and
+   DM-NonUniform (also with its own dpmpp_3m_lagrange) and score-optimal (default speed v = sigma, and
    v = 1 to show how much the speed matters); and the ODE discretization
-   error against a 500-step solution from the same noise (dpmpp_3m / dpmpp_2m) at NFE 5 / 6 / 8 / 10.
+   error against a 500-step solution from the same noise (dpmpp_3m_lagrange / dpmpp_2m) at NFE 5 / 6 / 8 / 10.
 Prints the tables and writes bench/results/optimizers.json.
 """
 from __future__ import annotations
@@ -196,9 +196,9 @@ def quality(nfes, n, seeds, disc_nfes):
             sched[nfe]["ays"] = ays[nfe]
     names = (["karras", "loglinear", "kl_optimal"] + (["ays"] if ays else [])
              + ["nonuniform", "score_optimal", "score_optimal_v1"])
-    for solver in ("dpmpp_2m_sde", "dpmpp_2m", "dpmpp_3m"):
+    for solver in ("dpmpp_2m_sde", "dpmpp_2m", "dpmpp_3m_lagrange"):
         for name in names:
-            if solver == "dpmpp_3m" and name != "nonuniform":
+            if solver == "dpmpp_3m_lagrange" and name != "nonuniform":
                 continue
             row = {"solver": solver, "schedule": name}
             for nfe in nfes:
@@ -208,7 +208,7 @@ def quality(nfes, n, seeds, disc_nfes):
             table_rows.append(row)
             print(row, file=sys.stderr)
     noise = 80.0 * torch.randn(4000, 2, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
-    for solver in ("dpmpp_3m", "dpmpp_2m"):
+    for solver in ("dpmpp_3m_lagrange", "dpmpp_2m"):
         ref = generate(model, make_schedule("karras", 500), 4000, solver=solver, noise=noise.clone()).x
         for name in ["loglinear", "karras", "nonuniform", "score_optimal", "score_optimal_v1"]:
             row = {"solver": solver, "schedule": name}

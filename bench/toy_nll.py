@@ -15,6 +15,9 @@ from bench._common import table, write  # noqa: E402
 from core.evaluate import evaluate_toy  # noqa: E402
 from core.models import load_toy_model, toy_checkpoint  # noqa: E402
 from core.schedules import load_schedule  # noqa: E402
+
+# kl_optimal at the toys' data std (the AYS theorem's c), not ComfyUI's default c = 1
+DATA_SCALED = {"kl_optimal": {"c": 0.5}}
 from toy_data import get_toy  # noqa: E402
 
 
@@ -35,7 +38,7 @@ def main(argv=None):
         for name in a.schedules.split(","):
             row = {"model": kind, "schedule": Path(name).stem}
             for nfe in map(int, a.nfe.split(",")):
-                r = evaluate_toy(model, mix, load_schedule(name, nfe), a.solver, n=a.n, seeds=tuple(range(a.seeds)))
+                r = evaluate_toy(model, mix, load_schedule(name, nfe, **DATA_SCALED.get(name, {})), a.solver, n=a.n, seeds=tuple(range(a.seeds)))
                 row[f"nll@{nfe}"] = f"{r['nll']:.2f} ± {r['nll_ci']:.2f}"
                 row[f"_nll{nfe}"] = r["nll"]
             rows.append(row)

@@ -95,5 +95,5 @@ def _deterministic(solver: str) -> None:
     if get_solver(solver).stochastic:
         raise ScheduleLabError(f"solver {solver!r} is stochastic: its distance to the ODE reference "
                                "mixes in fresh noise; choose a deterministic solver (euler, heun, "
-                               "dpmpp_2m, dpmpp_3m, ipndm)")
+                               "dpmpp_2m, dpmpp_3m_lagrange, ipndm)")
 

@@ -99,10 +99,10 @@ section("Stein cost (score-optimal)",
 section("Truncation error bound (DM-NonUniform)",
         lambda s: engine.truncation(s.sigmas, float(st.session_state.ec_p)),
         "contribution", "error-bound contribution",
-        "Each bar is one step's contribution to the accumulated error bound of the dpmpp_3m solver (third-order "
-        "multistep; the last bar is the final jump to sigma = 0; model error modelled as sigma_vp^p / "
-        "alpha_vp). It uses no data and no model: only the schedule and the solver's coefficients, so it "
-        "judges a schedule meant for dpmpp_3m.",
+        "Each bar is one step's contribution to the accumulated error bound of the dpmpp_3m_lagrange solver "
+        "(third-order exact-Lagrange multistep; the last bar is the final jump to sigma = 0; model error "
+        "modelled as sigma_vp^p / alpha_vp). It uses no data and no model: only the schedule and the "
+        "solver's coefficients, so it judges a schedule meant for dpmpp_3m_lagrange.",
         "",
         "Share of the error bound accumulated from sigma_max down; DM-NonUniform minimises the total.")
 st.session_state["ec_curves"] = shown

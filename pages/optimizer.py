@@ -28,7 +28,7 @@ KNOBS = {
                                          "'none' disables early stopping"),
     "patience": ("Patience", "AYS: first-stage sweeps without a held-out improvement before stopping early"),
     "heldout_solver": ("Solver", "AYS: the solver the held-out metric samples with (the solver the schedule is "
-                                 "tuned for). DM-NonUniform always optimizes for dpmpp_3m."),
+                                 "tuned for). DM-NonUniform always optimizes for dpmpp_3m_lagrange."),
     "heldout_n": ("Held-out samples", "AYS: samples per held-out evaluation"),
     "p": ("p", "DM-NonUniform model-error exponent: 1 for pixel models, 2 for latent ones"),
     "v": ("v", "score-optimal speed v(sigma) = sigma^v (the paper's transcription uses v = 1)"),
@@ -50,8 +50,8 @@ st.selectbox("Method", list(engine.OPTIMIZERS), key="opt_method", format_func=en
 method = st.session_state.opt_method
 uses = engine.METHOD_KNOBS[method]
 if method == "nonuniform":
-    st.info("DM-NonUniform minimises an error bound of the **dpmpp_3m** solver: the schedule it returns is "
-            "meant for dpmpp_3m (it is saved with solver = dpmpp_3m). It needs no data and no model.")
+    st.info("DM-NonUniform minimises an error bound of the **dpmpp_3m_lagrange** solver: the schedule it returns is "
+            "meant for dpmpp_3m_lagrange (it is saved with solver = dpmpp_3m_lagrange). It needs no data and no model.")
 
 
 def off(k):

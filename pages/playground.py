@@ -3,7 +3,7 @@ schedules side by side on the same noise, trajectories, and metrics with interva
 import streamlit as st
 
 from app_lib import plots
-from app_lib.state import (build_schedule, init_widgets, option_label, schedule_options, settings,
+from app_lib.state import (build_schedule, init_widgets, kind_label, option_label, schedule_options, settings,
                            solver_options, toy_density, toy_metrics, toy_model, toy_samples)
 from core.errors import ScheduleLabError
 
@@ -48,7 +48,7 @@ for col, (label, s) in zip(cols, scheds.items()):
     col.plotly_chart(plots.samples_fig(grid, samples[label]["x"], f"{label} — {n} samples, NFE {samples[label]['nfe']}"),
                      key=f"pg_fig_samples_{label[0]}")
 st.caption(f"Blue: the exact log-density of **{cfg['toy']}**; red: samples from the "
-           f"**{cfg['model_kind']}** denoiser with **{solver}**, seed {seed} (the same initial noise for "
+           f"**{kind_label(cfg['model_kind'])}** denoiser with **{solver}**, seed {seed} (the same initial noise for "
            "both schedules). Points off the blue modes are errors of the schedule, the solver or the model.")
 
 st.plotly_chart(plots.schedule_points_fig(scheds), key="pg_fig_points")

@@ -1,30 +1,56 @@
-"""Schedules: the session's schedule library in one log-sigma plot and a table; add heuristics,
-import (our JSON, a ComfyUI ManualSigmas string, a list of numbers), export with downloads."""
+"""Schedules: the session's schedule library in one log-sigma plot and a table; add heuristics, import
+what other tools print under an explicit convention, export to every tool with copy and download."""
 import re
 
 import streamlit as st
 
 from app_lib import plots
-from app_lib.state import SCHEDULE_PARAMS, add_to_library, init_widgets, library
+from app_lib.state import SCHEDULE_PARAMS, add_to_library, init_widgets, library, settings, toy_model
 from core.errors import ScheduleLabError
-from core.schedules import export, make_schedule, parse, schedule_names
+from core.schedules import (TABLES, export, make_schedule, parse, range_mismatch, schedule_names,
+                            table_schedule_names)
+from core.schedules.io import provenance
 from core.viz_data import schedule_table
 
 EXPORTS = {  # format -> (tab title, file suffix, mime, how to use it)
     "json": ("Schedule Lab JSON", ".json", "application/json",
              "Load it back here, or with `Schedule.load(path)` / `--schedule FILE.json` on the command line."),
     "comfyui": ("ComfyUI", "_comfyui.txt", "text/plain",
-                "Paste into a **ManualSigmas** node (all levels, including the final 0) and feed its SIGMAS "
-                "to SamplerCustom."),
-    "diffusers": ("diffusers", "_diffusers.py", "text/x-python",
-                  "Pass as `pipe(..., sigmas=sigmas)` or `scheduler.set_timesteps(sigmas=sigmas)` with a "
-                  "scheduler that accepts custom sigmas (e.g. EulerDiscreteScheduler); diffusers appends the "
-                  "final 0 itself. The model must use the same sigma parametrisation (EDM sigma = "
-                  "sqrt((1 - abar) / abar))."),
+                "Paste into a **ManualSigmas** node (all n + 1 levels, the final 0 included; plain decimals, "
+                "never exponents, which ManualSigmas cannot read) and feed its SIGMAS to SamplerCustom."),
+    "comfyui_tensor": ("ComfyUI SIGMAS tensor", "_comfyui_sigmas.py", "text/x-python",
+                       "The same n + 1 levels as the float32 SIGMAS tensor, for a script or custom node."),
+    "diffusers": ("diffusers sigmas=", "_diffusers.py", "text/x-python",
+                  "`pipe(..., sigmas=sigmas)` or `EulerDiscreteScheduler.set_timesteps(sigmas=sigmas)`: the list "
+                  "keeps its final 0 (diffusers runs len(sigmas) - 1 steps). The model must be the one whose "
+                  "table the sigmas are in (EDM sigma = sqrt((1 - abar) / abar))."),
+    "diffusers_edm": ("diffusers EDMEuler", "_diffusers_edm.py", "text/x-python",
+                      "For EDMEulerScheduler, which maps `sigmas=` through its Karras ramp: a float64 ramp tensor "
+                      "that lands on these levels for a scheduler built with `scheduler_kwargs`."),
+    "diffusers_timesteps": ("diffusers timesteps=", "_diffusers_timesteps.py", "text/x-python",
+                            "For schedulers that refuse custom sigmas but take `timesteps=` (DPMSolverMultistep, "
+                            "Heun): each level moved to its nearest training timestep of the table chosen above; "
+                            "the comment says how far. DDIM and EulerAncestral take neither."),
     "kdiffusion": ("k-diffusion", "_kdiffusion.py", "text/x-python",
-                   "Use as `k_diffusion.sampling.sample_dpmpp_2m(model, x * sigmas[0], sigmas)`."),
+                   "Self-contained: `K.sampling.sample_dpmpp_2m(model, x * sigmas[0], sigmas)`."),
+    "list": ("List", "_list.json", "application/json",
+             "The n + 1 levels as a JSON list. A1111 / Forge have no custom-schedule input of their own (only "
+             "sigma min / max / rho overrides); the webUI_ExtraSchedulers extension's 'custom' scheduler reads "
+             "this list (a list starting at exactly 1.0 is rescaled there)."),
 }
-MSG = "sc_message"
+CONVENTIONS = {"auto": "auto: sigmas, refuse anything ambiguous", "sigmas": "EDM sigmas",
+               "timesteps": "training timesteps (+ table)", "flow": "flow-matching t (sigma = t / (1 - t))"}
+MSG = {"add": "sc_msg_add", "import": "sc_msg_import", "remove": "sc_msg_remove"}
+
+
+def _say(where: str, kind: str, text: str):
+    st.session_state[MSG[where]] = (kind, text)
+
+
+def _show(where: str):
+    if MSG[where] in st.session_state:
+        kind, text = st.session_state[MSG[where]]
+        (st.error if kind == "error" else st.success)(text)
 
 
 def _add_heuristic():
@@ -32,11 +58,14 @@ def _add_heuristic():
     name = ss.sc_add_name
     params = {SCHEDULE_PARAMS[name][0]: float(ss.sc_add_param)} if name in SCHEDULE_PARAMS else {}
     try:
-        s = make_schedule(name, int(ss.sc_add_steps), sigma_min=float(ss.sc_add_smin),
-                          sigma_max=float(ss.sc_add_smax), **params)
-        ss[MSG] = ("success", f"added {add_to_library(s)!r}")
+        if name in table_schedule_names():
+            s = make_schedule(name, int(ss.sc_add_steps), table=ss.sc_add_table)
+        else:
+            s = make_schedule(name, int(ss.sc_add_steps), sigma_min=float(ss.sc_add_smin),
+                              sigma_max=float(ss.sc_add_smax), **params)
+        _say("add", "success", f"added {add_to_library(s)!r}")
     except ScheduleLabError as e:
-        ss[MSG] = ("error", str(e))
+        _say("add", "error", str(e))
 
 
 def _import():
@@ -44,31 +73,30 @@ def _import():
     text = ss.get("sc_import_text") or ""
     up = ss.get("sc_import_file")
     if up is not None and not text.strip():
-        text = up.getvalue().decode("utf-8", errors="replace")
+        text = up.getvalue()                       # bytes: a non-UTF-8 file is refused by the parser
     name = (ss.get("sc_import_name") or "").strip() or "imported"
+    conv = ss.get("sc_import_conv") or "auto"
     try:
-        s = parse(text, name=name)
-        if text.strip().startswith("{") and ss.get("sc_import_name"):
+        s = parse(text, name=name, convention=conv, table=ss.get("sc_import_table") if conv != "flow" else None)
+        if ss.get("sc_import_name"):
             s = s.with_name(name)
-        ss[MSG] = ("success", f"imported {s.steps}-step schedule as {add_to_library(s)!r}")
+        _say("import", "success", f"imported {s.steps}-step schedule ({s.params.get('convention')}) as "
+                                  f"{add_to_library(s)!r}")
     except ScheduleLabError as e:
-        ss[MSG] = ("error", f"import failed: {e}")
+        _say("import", "error", f"import failed: {e}")
 
 
 def _remove():
     lib = library()
     for label in st.session_state.get("sc_remove_pick") or []:
         lib.pop(label, None)
-    st.session_state[MSG] = ("success", "removed")
+    _say("remove", "success", "removed")
 
 
 st.title("Schedules")
 st.caption("Every schedule of this session: heuristics, AYS presets, optimized and imported ones. "
            "Pick them on the other pages as 'library: ...'; export them to the tools you use.")
 lib = library()
-if MSG in st.session_state:
-    kind, text = st.session_state[MSG]
-    (st.error if kind == "error" else st.success)(text)
 
 if lib:
     st.plotly_chart(plots.schedules_fig(lib, "Session schedules (log sigma against the fraction of steps)"),
@@ -83,11 +111,17 @@ left, right = st.columns(2)
 with left:
     st.subheader("Add a heuristic or preset")
     init_widgets({"sc_add_name": "karras", "sc_add_steps": 10, "sc_add_smin": 0.002, "sc_add_smax": 80.0})
-    st.selectbox("Schedule", schedule_names(), key="sc_add_name")
+    st.selectbox("Schedule", schedule_names() + table_schedule_names(), key="sc_add_name",
+                 help="The last ones are ComfyUI's and diffusers' schedulers on a model's noise table.")
     a = st.columns(3)
     a[0].number_input("Steps", min_value=1, max_value=1000, step=1, key="sc_add_steps")
-    a[1].number_input("sigma_min", min_value=1e-6, format="%.4g", key="sc_add_smin")
-    a[2].number_input("sigma_max", min_value=1e-5, format="%.4g", key="sc_add_smax")
+    if st.session_state.sc_add_name in table_schedule_names():
+        init_widgets({"sc_add_table": "sd15"})
+        a[1].selectbox("Noise table", list(TABLES), key="sc_add_table",
+                       help="The model table the scheduler picks its levels from (its range comes with it).")
+    else:
+        a[1].number_input("sigma_min", min_value=1e-6, format="%.4g", key="sc_add_smin")
+        a[2].number_input("sigma_max", min_value=1e-5, format="%.4g", key="sc_add_smax")
     pname = SCHEDULE_PARAMS.get(st.session_state.sc_add_name)
     if pname:
         if st.session_state.get("sc_add_param_for") != st.session_state.sc_add_name or \
@@ -95,20 +129,32 @@ with left:
             st.session_state.sc_add_param = pname[1]
             st.session_state.sc_add_param_for = st.session_state.sc_add_name
         st.number_input(pname[0], min_value=1e-3, format="%.4g", key="sc_add_param")
+        if st.session_state.sc_add_name == "kl_optimal":
+            st.caption("c = 1 is ComfyUI's and A1111's kl_optimal; the default here, 0.5, is the toys' data "
+                       "std (AYS Theorem 3.1's c).")
     if st.session_state.sc_add_name.startswith("ays_"):
-        st.caption("AYS presets keep their published sigma range; other step counts are log-linearly "
-                   "interpolated as ComfyUI does.")
+        st.caption("AYS presets keep their model's range (SD 1.5 / SDXL: the table's sigmas at the AYS "
+                   "timesteps, as ComfyUI); other step counts are log-linearly interpolated as ComfyUI does.")
     st.button("Add to library", key="sc_add_btn", on_click=_add_heuristic)
+    _show("add")
 
 with right:
     st.subheader("Import")
     st.text_area("Paste a schedule", key="sc_import_text", height=110,
                  placeholder="14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0",
-                 help="Our JSON, a ComfyUI ManualSigmas string, a diffusers `sigmas=[...]` snippet "
-                      "(the final 0 is appended), a k-diffusion tensor, or a list of numbers ending in 0.")
-    st.file_uploader("... or a JSON / text file", type=["json", "txt"], key="sc_import_file")
+                 help="Our JSON, a ComfyUI ManualSigmas string, any export of this page, a printed tensor "
+                      "(`tensor([...], device='cuda:0')`, `scheduler.sigmas`, `scheduler.timesteps`), a numpy "
+                      "print, or a list of numbers; # comments and several lines are fine.")
+    st.file_uploader("... or a JSON / text file", type=["json", "txt", "py"], key="sc_import_file")
+    init_widgets({"sc_import_conv": "auto", "sc_import_table": "sd15"})
+    st.radio("The numbers are", list(CONVENTIONS), format_func=CONVENTIONS.get, key="sc_import_conv",
+             horizontal=True, help="Nothing is guessed: 'auto' takes sigmas only when nothing suggests "
+                                   "timesteps or flow t, and says which to choose otherwise.")
+    if st.session_state.sc_import_conv in ("timesteps", "auto"):
+        st.selectbox("Model noise table (for timesteps)", list(TABLES), key="sc_import_table")
     st.text_input("Name", key="sc_import_name", placeholder="imported")
     st.button("Import", key="sc_import_btn", on_click=_import)
+    _show("import")
 
 st.subheader("Export")
 if lib:
@@ -117,16 +163,38 @@ if lib:
         st.session_state.sc_export_pick = labels[-1]
     st.selectbox("Schedule to export", labels, key="sc_export_pick")
     chosen = lib[st.session_state.sc_export_pick]
+    cfg = settings()
+    model = toy_model(cfg["toy"], cfg["model_kind"], cfg["device"])
+    warn = range_mismatch(chosen, model.sigma_min, model.sigma_max,
+                          f"the sidebar's model ({cfg['toy']}, {cfg['model_kind']})")
+    if warn:
+        st.warning(warn + " Rebuild it over the model's range, or use it with the model it was made for.",
+                   icon="⚠️")
+    init_widgets({"sc_export_table": "sd15"})
+    st.selectbox("Model noise table for diffusers timesteps=", list(TABLES), key="sc_export_table")
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", st.session_state.sc_export_pick).strip("_") or "schedule"
-    texts = {fmt: export(chosen, fmt) for fmt in EXPORTS}
+    texts, problems = {}, {}
+    for fmt in EXPORTS:
+        try:
+            texts[fmt] = export(chosen, fmt, table=st.session_state.sc_export_table
+                                if fmt == "diffusers_timesteps" else None)
+        except ScheduleLabError as e:
+            problems[fmt] = str(e)
     st.session_state["sc_export"] = texts
     for tab, (fmt, (title, suffix, mime, how)) in zip(st.tabs([v[0] for v in EXPORTS.values()]), EXPORTS.items()):
         with tab:
-            st.code(texts[fmt], language="json" if fmt == "json" else "python", wrap_lines=True)
+            if fmt in problems:
+                st.warning(f"No {title} export for this schedule: {problems[fmt]}")
+                continue
+            st.code(texts[fmt], language={"json": "json", "comfyui": None, "list": "json"}.get(fmt, "python"),
+                    wrap_lines=True)
             st.caption(how)
+            if fmt in ("comfyui", "list"):
+                st.caption("Provenance (this field holds numbers only): " + provenance(chosen))
             st.download_button(f"Download {title}", texts[fmt], file_name=stem + suffix, mime=mime,
                                key=f"sc_dl_{fmt}")
 
     st.subheader("Remove")
     st.multiselect("Schedules to remove", labels, key="sc_remove_pick")
     st.button("Remove", key="sc_remove_btn", on_click=_remove)
+    _show("remove")

@@ -81,7 +81,7 @@ def test_ays_start_stop_resume_matches_an_uninterrupted_run():
 def test_nonuniform_knobs_stop_resume_and_solver_note():
     at = open_page("optimizer", opt_events_per_rerun=1)
     at.selectbox(key="opt_method").set_value("nonuniform").run()
-    assert any("dpmpp_3m" in i.value for i in at.info)
+    assert any("dpmpp_3m_lagrange" in i.value for i in at.info)
     assert at.number_input(key="opt_c").disabled and not at.number_input(key="opt_p").disabled
     at.number_input(key="opt_steps").set_value(6)
     at.number_input(key="opt_p").set_value(2.0)
@@ -99,8 +99,8 @@ def test_nonuniform_knobs_stop_resume_and_solver_note():
     assert [h["iteration"] for h in run.history] == list(range(1, len(run.history) + 1))   # no repeats after resume
     assert run.history[-1]["objective"] == pytest.approx(info["objective"], rel=1e-12)
     s = at.session_state["library"][run.saved_label]
-    assert s.sigmas == sched.sigmas and s.solver == "dpmpp_3m"
-    assert any("meant for the **dpmpp_3m** solver" in m.value for m in at.success)
+    assert s.sigmas == sched.sigmas and s.solver == "dpmpp_3m_lagrange"
+    assert any("meant for the **dpmpp_3m_lagrange** solver" in m.value for m in at.success)
     names = [t["name"] for t in figures(at)["opt_fig_points"]["data"]]
     assert names == ["start uniform_lambda", "start edm", "result"]
 

@@ -31,7 +31,8 @@ def test_schedule_formats():
     d = json.loads(out)
     assert d["params"] == {"c": 1.0} and len(d["sigmas"]) == 6
     rc, out, _ = run("schedule", "ays_sd15", "--steps", "10", "--format", "diffusers")
-    assert out.startswith("sigmas=[14.615, 6.475")
+    assert out.startswith("# Schedule Lab: ays_sd15, 10 steps")
+    assert "sigmas = [14.614641229333639, 6.474576095621179, " in out and "0.15152326618344922, 0.0]" in out
 
 
 def test_sample_json_contract(tmp_path):
@@ -53,7 +54,7 @@ def test_sample_json_contract(tmp_path):
     (("sample", "--toy", "moons", "--schedule", "karas", "--steps", "4", "--solver", "euler"), "unknown schedule"),
     (("sample", "--toy", "moons", "--schedule", "karras", "--steps", "4", "--solver", "rk9"), "unknown solver"),
     (("sample", "--toy", "moons", "--schedule", "karras", "--steps", "4", "--solver", "euler", "--model", "big"),
-     "invalid choice"),
+     "unknown model 'big'"),            # --model is exact | mlp | your own module.py:Class
     (("schedule", "karras", "--steps", "0"), "positive integer"),
     (("schedule", "karras", "--steps", "5", "--param", "rh=7"), "no parameter"),
 ])

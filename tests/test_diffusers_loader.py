@@ -82,7 +82,11 @@ def test_euler_equals_diffusers_euler_discrete(unet, tmp_path, schedule, predict
         sig = torch.tensor(s.sigmas, dtype=torch.float32)
         ref = diffusers_euler(unet, sched, sig.tolist(), noise)
         ours = get_solver("euler").fn(model, noise * sig[0], sig.double())
-        assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-4), (name, (ours - ref).abs().max())
+        # Both sides run the net in float32, so the absolute round-off scales with the state's size:
+        # squaredcos_cap_v2's table reaches sigma 2e4, x grows to 6.5e4 and an element that cancels
+        # down to -44 carries ~5e-3 of float32 error on either side (both are that close to a float64 run).
+        atol = max(1e-4, 1e-6 * float(ref.abs().max()))
+        assert torch.allclose(ours, ref, rtol=1e-4, atol=atol), (name, (ours - ref).abs().max())
         assert (ours - ref).abs().max() < 1e-4 * max(1.0, ref.abs().max())
 
 

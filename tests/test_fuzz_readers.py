@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 
 import pytest
@@ -22,7 +23,7 @@ from core.schedules import Schedule, make_schedule, parse
 from toy_data import get_toy
 from toy_data.mixture import GaussianMixture
 
-SEED, CASES = 20261206, 300
+SEED, CASES = 20261206, int(os.environ.get("FUZZ_CASES", 300))      # FUZZ_CASES=3000 for a longer run
 
 ODD_VALUES = ["a", "", True, False, None, 5, -1, 0, 10 ** 400, -(10 ** 30), 1e308, 3.5, [], {}, [1, "x"],
               [[1, 2], [3]], {"a": 1}, [None], "1e999", [10 ** 400], "\udcff" * 3, [[[[[]]]]], list(range(50)),
@@ -55,7 +56,8 @@ def _mutate(doc, rng: random.Random, rounds: int = 2):
         elif op < 0.7 and isinstance(parent, dict):
             parent.pop(key)
         elif op < 0.8 and isinstance(node, (int, float)) and not isinstance(node, bool):
-            parent[key] = node * rng.choice([-1, 0, 1e300, 1e-300])
+            m = rng.choice([-1, 0, 1e300, 1e-300])
+            parent[key] = -node if isinstance(node, int) and abs(node) > 10 ** 300 else node * m
         elif op < 0.9 and isinstance(node, list):
             parent[key] = node[: rng.randint(0, len(node))] + node[:1] * rng.randint(0, 3)
         else:

@@ -56,7 +56,7 @@ def test_model_data_prefers_given_data_then_the_shipped_split_then_own_cached_sa
     np.savez(tmp_path / "d.npz", x=np.zeros((7, *SHAPE), np.float32))
     given = model_data(gauss_spec, model, tmp_path / "d.npz")
     assert not given.generated and len(given) == 7
-    own = model_data(gauss_spec, model, None, cache_dir=tmp_path / "cache", n=128, steps=24)
+    own = model_data(gauss_spec, model, None, cache_dir=tmp_path / "cache", n=128, steps=24, solver="heun")
     assert own.generated and own.cache_path.is_file() and "model samples" in own.source
     assert own.images.std().item() == pytest.approx(C, rel=0.1)     # Heun samples of the exact model
 

@@ -1,5 +1,5 @@
 """DM-NonUniform (Xue et al. 2024): the bound against an independent closed-form derivation and
-against the dpmpp_3m solver's own linear response, exact gradients, KKT / constraints, one
+against the dpmpp_3m_lagrange solver's own linear response, exact gradients, KKT / constraints, one
 optimum from every start, discretization error, and the per-step truncation curve."""
 import json
 import math
@@ -101,8 +101,12 @@ def test_propagated_weights_are_the_dpmpp_3m_solvers_linear_response(n):
         def model(x, sigma, j=j):
             return torch.ones_like(x) if abs(float(sigma) - sig[j]) < 1e-12 * sig[j] else torch.zeros_like(x)
         keep = {}
-        get_solver("dpmpp_3m").fn(model, torch.zeros(1, 1, dtype=torch.float64), torch.tensor(sig, dtype=torch.float64),
-                                  callback=lambda info: keep.update(x=info["x"]) if info["sigma_next"] == 0 else None)
+
+        def at_sigma_min(info):
+            if info["sigma_next"] == 0:
+                keep["x"] = info["x"]
+        get_solver("dpmpp_3m_lagrange").fn(model, torch.zeros(1, 1, dtype=torch.float64),
+                                           torch.tensor(sig, dtype=torch.float64), callback=at_sigma_min)
         terms = [sig[-2] * _J(lam, s, orders[s]).get(j, 0.0) for s in range(n - 1)]
         assert float(keep["x"]) == pytest.approx(sum(terms), abs=1e-12 * sum(map(abs, terms)))
 
@@ -125,7 +129,7 @@ def test_gradient_equals_finite_differences(n, p, quadrature):
 def test_solution_satisfies_constraints_kkt_and_is_a_local_minimum(n):
     sched, info = optimize_nonuniform(n, 0.002, 80.0, p=1)
     assert info["converged"] and info["optimality"] <= 1e-5 and info["constr_violation"] <= 1e-8
-    assert sched.solver == "dpmpp_3m" and sched.sigmas[0] == 80.0 and sched.sigmas[-2] == pytest.approx(0.002)
+    assert sched.solver == "dpmpp_3m_lagrange" and sched.sigmas[0] == 80.0 and sched.sigmas[-2] == pytest.approx(0.002)
     lam = schedule_lambdas(sched)
     gaps = torch.diff(lam)
     assert float(gaps.min()) > 1e-3 * float(lam[-1] - lam[0]) / (n - 1)      # ordering margin kept
@@ -211,21 +215,21 @@ def test_events_state_and_resume():
 
 @pytest.fixture(scope="module")
 def reference_solution():
-    """(model, noise, x_500): a 500-step dpmpp_3m solution of the probability-flow ODE on moons.
+    """(model, noise, x_500): a 500-step dpmpp_3m_lagrange solution of the probability-flow ODE on moons.
     One torch thread: on a busy machine OpenMP spin-waiting makes 600-point MLP batches crawl."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model = load_toy_model("moons", MODEL_KIND)
     noise = 80.0 * torch.randn(600, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     noise = noise.to(model.dtype)
-    ref = generate(model, make_schedule("karras", 500, 0.002, 80.0), 600, solver="dpmpp_3m", noise=noise).x
+    ref = generate(model, make_schedule("karras", 500, 0.002, 80.0), 600, solver="dpmpp_3m_lagrange", noise=noise).x
     yield model, noise, ref
     torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("nfe", [5, 6])
 def test_optimized_schedule_reduces_discretization_error(nfe, reference_solution):
-    """dpmpp_3m over the optimized schedule vs over uniform lambda, against a 500-step solution of
+    """dpmpp_3m_lagrange over the optimized schedule vs over uniform lambda, against a 500-step solution of
     the same ODE from the same noise (methods.md s.7).  (Measured, MLP moons: 0.23 vs 0.35 at
     NFE 5, 0.22 vs 0.33 at NFE 6.)"""
     model, noise, ref = reference_solution
@@ -240,7 +244,7 @@ def test_optimized_schedule_reduces_discretization_error(nfe, reference_solution
 def test_truncation_curve_keys_and_sums():
     sched, info = optimize_nonuniform(6)
     c = truncation_curve(sched, p=1)
-    assert c["steps"] == 6 and c["solver"] == "dpmpp_3m"
+    assert c["steps"] == 6 and c["solver"] == "dpmpp_3m_lagrange"
     for k in ("sigma_hi", "sigma_lo", "contribution", "share", "order", "quadrature", "node_error"):
         assert len(c[k]) == 6
     assert sum(c["contribution"]) == pytest.approx(c["objective"], rel=1e-12)
@@ -288,7 +292,7 @@ def test_cli_optimize_and_curve(tmp_path, capsys):
     assert code == 0, se
     d = json.loads(so)
     s = Schedule.load(out)
-    assert d["converged"] and s.solver == "dpmpp_3m" and s.steps == 6 and list(s.sigmas) == d["sigmas"]
+    assert d["converged"] and s.solver == "dpmpp_3m_lagrange" and s.steps == 6 and list(s.sigmas) == d["sigmas"]
     code, so, se = _cli(capsys, "curves", "truncation", "--schedule", str(out), "--p", "2", "--json")
     assert code == 0, se
     assert json.loads(so)["objective"] == pytest.approx(d["objective"], rel=1e-9)

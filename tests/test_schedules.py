@@ -7,6 +7,7 @@ import pytest
 from core.errors import ScheduleLabError
 from core.schedules import (AYS_PRESETS, FORMATS, Schedule, export, load_schedule, make_schedule, parse,
                             resample_loglinear, schedule_names)
+from core.schedules.presets import AYS_PAPER_SIGMAS
 
 
 @pytest.mark.parametrize("name", schedule_names())
@@ -15,7 +16,9 @@ def test_every_schedule_is_valid_and_keeps_the_ends(name, steps):
     s = make_schedule(name, steps, 0.002, 80.0)
     assert s.steps == steps and s.sigmas[-1] == 0
     assert all(a > b for a, b in zip(s.sigmas, s.sigmas[1:]))
-    if not name.startswith("ays_"):
+    if name == "laplace":        # clamped to [smin, smax]; its own ends are exp(+-0.5 log 1e-5) = 316, 0.00316
+        assert s.sigmas[0] == 80.0 and 0.002 <= s.sigmas[-2] <= 0.0032
+    elif not name.startswith("ays_"):
         assert s.sigmas[0] == 80.0 and s.sigmas[-2] == pytest.approx(0.002, rel=1e-12)
 
 
@@ -49,10 +52,14 @@ def test_time_uniform_is_uniform_in_vp_time():
     np.testing.assert_allclose(VPLinear().sigma(t), s, rtol=1e-10)
 
 
-def test_ays_sd15_preset_at_10_steps_equals_the_published_table():
-    s = make_schedule("ays_sd15", 10)
-    np.testing.assert_allclose(s.sigmas[:-1], AYS_PRESETS["sd15"][:-1], rtol=0, atol=0)
+@pytest.mark.parametrize("model", ["sd15", "sdxl"])
+def test_ays_preset_at_10_steps_is_the_table_at_the_ays_timesteps_and_rounds_to_the_paper(model):
+    from core.schedules import AYS_TIMESTEPS, get_table
+    s = make_schedule(f"ays_{model}", 10)
+    np.testing.assert_allclose(s.sigmas[:-1], get_table(model).sigmas[AYS_TIMESTEPS[model][:-1]], rtol=0, atol=0)
     assert s.sigmas[-1] == 0 and s.steps == 10
+    # the paper's 3-decimal Table 3 (what the old preset held) is close, not equal
+    np.testing.assert_allclose(s.sigmas[:-1], AYS_PAPER_SIGMAS[model][:-1], rtol=1.5e-2)   # SDXL 0.1114 vs 0.113
 
 
 @pytest.mark.parametrize("model", list(AYS_PRESETS))
@@ -101,13 +108,24 @@ def test_bad_names_and_parameters():
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_then_import_round_trips(fmt):
     s = make_schedule("kl_optimal", 7, 0.002, 80.0)
-    back = parse(export(s, fmt))
-    assert back.sigmas == s.sigmas
+    if fmt == "diffusers_timesteps":
+        s = make_schedule("kl_optimal", 7, table="sd15")
+    back = parse(export(s, fmt, table="sd15"), table="sd15")
+    if fmt == "diffusers_edm":                 # through EDMEulerScheduler's Karras ramp and back
+        np.testing.assert_allclose(back.sigmas, s.sigmas, rtol=1e-12)
+    elif fmt == "diffusers_timesteps":         # each level moved to its nearest training timestep
+        from core.schedules.tables import nearest_timesteps
+        assert back.sigmas == tuple(nearest_timesteps(s, "sd15")["sigmas"]) + (0.0,)
+        assert parse(export(back, fmt, table="sd15"), table="sd15").sigmas == back.sigmas
+    else:
+        assert back.sigmas == s.sigmas
 
 
 def test_comfyui_string_and_list_import_and_errors(tmp_path):
     assert parse("14.615, 6.475, 3.861, 0").steps == 3
-    assert parse("[1.0, 0.5, 0]").sigmas == (1.0, 0.5, 0.0)
+    assert parse("[1.0, 0.5, 0]", convention="sigmas").sigmas == (1.0, 0.5, 0.0)
+    with pytest.raises(ScheduleLabError, match="flow-matching t"):
+        parse("[1.0, 0.5, 0]")             # [0, 1] ending in 0: not taken as sigmas unless told
     with pytest.raises(ScheduleLabError, match="cannot read 'abc'"):
         parse("14.6, abc, 0")
     with pytest.raises(ScheduleLabError, match="strictly decreasing"):

@@ -33,7 +33,7 @@ def _slopes(errs):
 
 
 @pytest.mark.parametrize("name,lo,hi", [("euler", 0.9, 1.1), ("heun", 1.85, 2.2), ("dpmpp_2m", 1.85, 2.2),
-                                        ("dpmpp_3m", 2.8, 4.6)])
+                                        ("dpmpp_3m_lagrange", 2.8, 4.6)])
 def test_convergence_order_on_gaussian_data(name, lo, hi):
     """N(0, c^2 I): the probability-flow ODE solution is x(s) = x(S) sqrt(c^2 + s^2) / sqrt(c^2 + S^2)."""
     model = MixtureDenoiser(gaussian(C, 2))
@@ -46,11 +46,11 @@ def test_convergence_order_on_gaussian_data(name, lo, hi):
 
 
 def test_third_order_solver_is_third_order_on_a_mixture():
-    """On ring8 (no closed form) against a 2000-step reference: dpmpp_3m slope ~3, dpmpp_2m ~2."""
+    """On ring8 (no closed form) against a 2000-step reference: dpmpp_3m_lagrange slope ~3, dpmpp_2m ~2."""
     model = MixtureDenoiser(get_toy("ring8"))
     x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80
-    ref = _x_at_sigma_min("dpmpp_3m", model, x_T, 2000, 0.05, 80.0)
-    for name, lo, hi in (("dpmpp_3m", 2.6, 3.4), ("dpmpp_2m", 1.7, 2.3)):
+    ref = _x_at_sigma_min("dpmpp_3m_lagrange", model, x_T, 2000, 0.05, 80.0)
+    for name, lo, hi in (("dpmpp_3m_lagrange", 2.6, 3.4), ("dpmpp_2m", 1.7, 2.3)):
         errs = [float((_x_at_sigma_min(name, model, x_T, n, 0.05, 80.0) - ref).abs().max()) for n in (80, 160, 320)]
         assert lo < _slopes(errs)[-1] < hi, (name, errs)
 

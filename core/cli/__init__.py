@@ -15,7 +15,7 @@ from core.errors import ScheduleLabError
 from core.optional import optional
 
 COMMAND_MODULES = ["core.cli.basic", "core.cli.train", "core.cli.optimize",
-                   "core.cli.images", "core.cli.cache"]
+                   "core.cli.images", "core.cli.convert", "core.cli.cache"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -27,17 +27,34 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def parse_params(items) -> dict:
-    """['rho=7', 'c=0.5'] -> {'rho': 7.0, 'c': 0.5} (numbers when they parse, else strings)."""
+    """['rho=7', 'c=0.5', 'n_hidden=16,32', 'strict=false', 'cfg={"a": 1}'] -> {'rho': 7, 'c': 0.5,
+    'n_hidden': [16, 32], 'strict': False, 'cfg': {'a': 1}}: numbers when they parse, true/false as
+    booleans, comma-separated values as lists (for constructor kwargs), a value starting with [ or {
+    as JSON; else strings."""
     out = {}
     for it in items or []:
         if "=" not in it:
             raise ScheduleLabError(f"--param {it!r} must look like key=value")
         k, v = it.split("=", 1)
-        try:
-            out[k] = int(v) if v.lstrip("-").isdigit() else float(v)
-        except ValueError:
-            out[k] = v
+        if v.lstrip()[:1] in ("[", "{"):
+            try:
+                out[k] = json.loads(v)
+            except ValueError as e:
+                raise ScheduleLabError(f"--param {k}: {v!r} is not valid JSON ({e})") from None
+        elif "," in v:
+            out[k] = [_scalar(p.strip()) for p in v.split(",") if p.strip()]
+        else:
+            out[k] = _scalar(v)
     return out
+
+
+def _scalar(v: str):
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    try:
+        return int(v) if v.lstrip("-").isdigit() else float(v)
+    except ValueError:
+        return v
 
 
 def _clean(o):

@@ -1,4 +1,4 @@
-"""DM-NonUniform's error bound per step of a schedule (dpmpp_3m; no model needed).
+"""DM-NonUniform's error bound per step of a schedule (dpmpp_3m_lagrange; no model needed).
 
     python -m core curves truncation --schedule karras --steps 10 --json
     python -m core curves truncation --schedule nonuniform6.json --p 2

@@ -3,6 +3,7 @@ its shipped MLP) or any image model the registry resolves, with the data its opt
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass
 
 from core.errors import ScheduleLabError
@@ -20,6 +21,8 @@ def add_model_arguments(p) -> None:
     p.add_argument("--weights", default=None, help="image model module.py:Class: its weights file")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="image model module.py:Class: constructor / wrapper parameters")
+    p.add_argument("--own-samples", default=None, metavar="SOLVER:STEPS",
+                   help="without --data: the sampler for the model's own samples (default dpmpp_2m_sde:100)")
 
 
 def toy_model_and_data(toy: str, kind: str, device):
@@ -53,10 +56,26 @@ def resolve_model(a, device, fits: str = "the schedule") -> ModelChoice:
     else:
         from core.cli import parse_params
         from core.models.registry import load_model, model_data
+        from core.models.user_model import OwnSamplesWarning
         model = load_model(a.model, device, weights=a.weights, params=parse_params(a.param))
-        data = model_data(a.model, model, a.data)
+        solver, steps = _own_sampler(getattr(a, "own_samples", None))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OwnSamplesWarning)          # printed below, once
+            data = model_data(a.model, model, a.data, solver=solver, steps=steps)
+        for msg in getattr(data, "warnings", ()):
+            print(msg, file=sys.stderr)
         print(f"data: {data.source}" + (f" - {fits} then fits the model's own samples, not data" if data.generated
                                         else ""), file=sys.stderr)
         lo, hi = model.sigma_min, model.sigma_max
     return ModelChoice(model, data, a.toy is not None, lo if a.sigma_min is None else a.sigma_min,
                        hi if a.sigma_max is None else a.sigma_max)
+
+
+def _own_sampler(spec):
+    """'SOLVER:STEPS' -> (solver, steps); None -> (None, None) (the registry's default)."""
+    if spec is None:
+        return None, None
+    solver, _, steps = str(spec).partition(":")
+    if not steps.isdigit() or int(steps) < 2:
+        raise ScheduleLabError(f"--own-samples {spec!r} must look like SOLVER:STEPS, e.g. dpmpp_2m_sde:100")
+    return solver, int(steps)

@@ -26,6 +26,8 @@ def add_arguments(p):
     p.add_argument("--levels", type=int, default=200, help="log-spaced grid levels (100-1000)")
     p.add_argument("--n", type=int, default=256, help="data samples per level")
     p.add_argument("--method", default="jvp", choices=["jvp", "fd"])
+    p.add_argument("--chunk", type=int, default=None,
+                   help="points (levels x samples) per model batch; default: from the model's memory per sample")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, metavar="SCHEDULE.json")
@@ -37,7 +39,7 @@ def run(a) -> int:
     from core.device import resolve_device
     from tqdm import tqdm
 
-    from core.optimizers.score_optimal import ScoreOptimalOptimizer
+    from core.optimizers.score_optimal import ScoreOptimalOptimizer, auto_chunk_points
 
     if a.n < 2:
         raise ScheduleLabError(f"--n must be >= 2; got {a.n}")
@@ -48,8 +50,12 @@ def run(a) -> int:
         mix, source = mix.to(device), None          # the analytic score runs where the model runs
     else:
         source = mix.source + (" - the schedule fits the model's own samples, not data" if mix.generated else "")
+    if a.chunk is not None and a.chunk < 1:
+        raise ScheduleLabError(f"--chunk must be >= 1; got {a.chunk}")
+    # default: what fits in memory, and at most ~20 progress events
+    chunk = a.chunk if a.chunk is not None else min(auto_chunk_points(model), a.n * max(1, a.levels // 20))
     opt = ScoreOptimalOptimizer(model, mix, a.steps, smin, smax, levels=a.levels, n=a.n, method=a.method,
-                                seed=a.seed, chunk_points=max(a.n, min(32768, a.n * max(1, a.levels // 20))))
+                                seed=a.seed, chunk_points=chunk)
     with tqdm(total=a.levels, desc="Stein density (levels)", disable=a.json, file=sys.stderr) as bar:
         for ev in opt.events():
             bar.update(ev.extra.get("levels_done", a.levels) - bar.n)
@@ -59,7 +65,7 @@ def run(a) -> int:
     out = {"out": a.out, "sigmas": list(sched.sigmas), "cost": info["cost"], "total_cost": info["total_cost"],
            "Lambda_total": info["Lambda_total"], "seconds": info["seconds"], "toy": a.toy, "model": a.model, "data": source,
            "solver": sched.solver,
-           "levels": a.levels, "n": a.n, "method": a.method, "seed": a.seed}
+           "levels": a.levels, "n": a.n, "method": a.method, "seed": a.seed, "chunk": chunk}
     text = (f"wrote {a.out}: {sched.steps} steps, Stein cost per interval {info['cost'][0]:.4g} "
             f"({info['seconds']:.2f} s)\n" + " ".join(f"{s:.6g}" for s in sched.sigmas))
     emit(out, a.json, text)

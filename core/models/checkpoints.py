@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -77,3 +78,90 @@ def _check_file(path) -> Path:
         raise ScheduleLabError(f"checkpoint {str(p)!r} not found; train it (python -m core train-toy / "
                                "train-images) or put the file there")
     return p
+
+
+def fit_state_dict(net: torch.nn.Module, sd: dict, strip_prefix=None, strict=True, what="weights",
+                   spec="the module") -> dict:
+    """The checkpoint's tensors under the module's own key names, checked.
+
+    strip_prefix: removed from every key that starts with it ("network.", "gt.", "model.ema.").  None:
+        stripped automatically when unambiguous - every key shares one dotted prefix and, without it,
+        the keys are exactly the module's (or, with strict=False, include all of the module's);
+        DataParallel's "module." is the common case.
+    strict: True (default): the keys must be exactly the module's.  False: checkpoint keys the module
+        lacks are ignored and module keys the checkpoint lacks keep their initial values (a warning lists
+        both).  A shape mismatch is always an error.
+    Errors list every missing, unexpected and mismatched key, and a prefix to strip when there is one."""
+    strict = _as_bool(strict, "strict")
+    own = net.state_dict()
+    raw = sd
+    if strip_prefix:
+        p = str(strip_prefix)
+        new = [k[len(p):] if k.startswith(p) else k for k in raw]
+    else:
+        new = _auto_strip(list(raw), set(own), strict)
+    if len(set(new)) != len(new):
+        dup = sorted({k for k in new if new.count(k) > 1})
+        raise ScheduleLabError(f"stripping {strip_prefix!r} from the keys of {what} makes them collide: {', '.join(dup)}")
+    sd = dict(zip(new, raw.values()))
+    original = dict(zip(new, raw))                      # messages name the checkpoint's own keys
+    missing = [k for k in own if k not in sd]
+    unexpected = [original[k] for k in sd if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs module {tuple(own[k].shape)}"
+              for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if shapes or (strict and (missing or unexpected)):
+        parts = [f"missing keys ({len(missing)}): {', '.join(missing)}" if missing else "",
+                 f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}" if unexpected else "",
+                 f"shape mismatches ({len(shapes)}): {'; '.join(shapes)}" if shapes else ""]
+        hint = []
+        pre = _shared_prefix(list(raw))
+        if pre and not strip_prefix:
+            hint.append(f"every checkpoint key starts with {pre!r}: try --param strip_prefix={pre}")
+        if not shapes and strict:
+            hint.append("--param strict=false loads the keys that match and leaves the rest")
+        if shapes:
+            hint.append("check the constructor --param values")
+        raise ScheduleLabError(f"{what} do not fit {spec}: " + "; ".join(x for x in parts if x)
+                               + (" (" + "; ".join(hint) + ")" if hint else ""))
+    if missing or unexpected:
+        warnings.warn(f"{what} loaded non-strictly into {spec}: "
+                      + "; ".join(x for x in (f"missing keys left at their initial values ({len(missing)}): "
+                                              f"{', '.join(missing)}" if missing else "",
+                                              f"unexpected keys ignored ({len(unexpected)}): "
+                                              f"{', '.join(unexpected)}" if unexpected else "") if x),
+                      stacklevel=2)
+    return {k: v for k, v in sd.items() if k in own}
+
+
+def _shared_prefix(keys) -> str:
+    """The dotted first segment every key shares ("network."), or ""."""
+    heads = {k.split(".", 1)[0] for k in keys if "." in k}
+    if len(heads) != 1 or not all("." in k for k in keys):
+        return ""
+    return heads.pop() + "."
+
+
+def _auto_strip(keys: list, own: set, strict: bool) -> list:
+    """The keys with shared dotted prefixes stripped (one segment at a time) as far as that makes them fit
+    (see fit_state_dict); unchanged when no prefix does."""
+    if not keys or set(keys) == own:
+        return keys
+    prefix = ""
+    while True:
+        pre = _shared_prefix([k[len(prefix):] for k in keys])
+        if not pre:
+            return keys
+        prefix += pre
+        stripped = [k[len(prefix):] for k in keys]
+        if set(stripped) == own or (not strict and own <= set(stripped)):
+            return stripped
+
+
+def _as_bool(v, what: str) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return v.lower() in ("true", "1", "yes")
+    if isinstance(v, (int, float)) and v in (0, 1):
+        return bool(v)
+    raise ScheduleLabError(f"{what} must be true or false; got {v!r}")

@@ -176,23 +176,25 @@ if optional("core.models.user_model") is not None:
 SAMPLES_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "schedule_lab" / "samples"
 
 
-def model_data(spec: str, model: Denoiser, data=None, cache_dir=None, n: int = 512, steps: int = 50,
-               seed: int = 0, progress=None):
+def model_data(spec: str, model: Denoiser, data=None, cache_dir=None, n: int = 512, steps: int | None = None,
+               seed: int = 0, progress=None, solver: str | None = None):
     """Images x0 for an optimizer on `model` (core.models.user_model.ImageData; `.source` says where
     they came from and `.generated` whether they are the model's own samples).
 
     data: a PNG/JPEG folder or an .npz (see `image_sampler_from`) — used when given.  Otherwise a
     shipped model's own training split (digits: the scikit-learn training split), otherwise the
-    model's own n many-step Heun samples, generated once and cached in cache_dir (default
+    model's own n samples from `solver` with `steps` steps (default: user_model.OWN_SAMPLER, a
+    many-step stochastic sampler), generated once and cached in cache_dir (default
     .cache/schedule_lab/samples): the optimizer then fits the model, not the data, and callers
-    must say so."""
-    from core.models.user_model import ImageData, image_sampler_from
+    must say so (and show `.warnings`: samples outside the data range or that look like noise)."""
+    from core.models.user_model import OWN_SAMPLER, ImageData, image_sampler_from
     entry = MODELS.get(str(spec))
     if data is None and entry is not None and entry.data is not None:
         x = torch.as_tensor(entry.data()).float()
         return ImageData(x, f"{entry.name} training split ({x.shape[0]} images)", False)
-    return image_sampler_from(data, model, SAMPLES_CACHE if cache_dir is None else cache_dir, n=n, steps=steps,
-                              seed=seed, progress=progress)
+    return image_sampler_from(data, model, SAMPLES_CACHE if cache_dir is None else cache_dir, n=n,
+                              steps=OWN_SAMPLER[1] if steps is None else steps, seed=seed, progress=progress,
+                              solver=OWN_SAMPLER[0] if solver is None else solver)
 
 
 def shipped_schedule(spec: str, steps: int):

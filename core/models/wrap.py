@@ -30,7 +30,8 @@ Noise processes (the network's time variable):
 Time inputs: "index" (discrete: the integer step nearest to t in log sigma, i.e. round(t), as an
 int64 tensor; the scalings still use the exact sigma, as k-diffusion does), "fractional"
 (discrete: t as a float tensor), "continuous" (continuous processes: t as a float tensor), or a
-callable sigma [B] -> time tensor. `time_scale` multiplies fractional / continuous t (e.g. 999
+callable sigma [B] -> time tensor.  `time_dtype` casts the time tensor (int64, float32, ...) and
+`time_shape` reshapes it ("N" = [B], the default; "N,1" = [B, 1]; any shape with one N). `time_scale` multiplies fractional / continuous t (e.g. 999
 for networks fed 999 t). Input scaling: "vp" x/sqrt(1+s^2) (= x_t), "none" (VE), "edm"
 1/sqrt(s^2 + sigma_data^2), "flow" x/(1+s) -- the process's own by default.
 
@@ -53,6 +54,10 @@ PARAMETRIZATIONS = {"eps": "eps", "epsilon": "eps", "v": "v", "v_prediction": "v
 TIME_INPUTS = ("index", "fractional", "continuous")
 INPUT_SCALINGS = ("vp", "none", "edm", "flow")
 DISPLAY_MODES = ("clamp", "minmax")
+TIME_DTYPES = {"int64": torch.int64, "long": torch.int64, "int32": torch.int32, "int": torch.int64,
+               "float32": torch.float32, "float": torch.float32, "float64": torch.float64,
+               "double": torch.float64, "float16": torch.float16, "half": torch.float16,
+               "bfloat16": torch.bfloat16}
 
 
 class DiscreteVP:
@@ -193,9 +198,9 @@ class WrappedDenoiser(Denoiser):
 
     def __init__(self, net, parametrization, process, time_input, event_shape, sigma_data=0.5,
                  input_scaling=None, time_scale=1.0, data_range=(-1.0, 1.0), display="clamp",
-                 name="user-model", sigma_min=None, sigma_max=None):
+                 name="user-model", sigma_min=None, sigma_max=None, time_dtype=None, time_shape=None):
         super().__init__()
-        self.net = net
+        self.net = net.eval()          # inference: BatchNorm running stats, no dropout (model.net.train() undoes)
         self.parametrization = PARAMETRIZATIONS.get(parametrization) if isinstance(parametrization, str) else None
         if self.parametrization is None:
             raise unknown_name("parametrization", parametrization, PARAMETRIZATIONS)
@@ -214,6 +219,8 @@ class WrappedDenoiser(Denoiser):
             if time_input == "index" and time_scale != 1:
                 raise ScheduleLabError("time_scale applies to fractional / continuous time, not 'index'")
         self.time_input, self.time_scale = time_input, float(time_scale)
+        self.time_dtype = _time_dtype(time_dtype)
+        self.time_shape = _time_shape(time_shape)
         default_scaling = {"edm": "none", "flow": "flow"}.get(getattr(self.process, "name", ""), "vp")
         self.input_scaling = input_scaling or default_scaling
         if self.input_scaling not in INPUT_SCALINGS:
@@ -234,13 +241,20 @@ class WrappedDenoiser(Denoiser):
         self.sigma_max = float(sigma_max if sigma_max is not None else self.process.sigma_max)
 
     def net_time(self, sigma: torch.Tensor) -> torch.Tensor:
-        """The time tensor [B] the network receives at EDM noise level sigma [B]."""
+        """The time tensor the network receives at EDM noise level sigma [B]: [B] by default, cast to
+        time_dtype and reshaped to time_shape when those are set."""
         if callable(self.time_input):
-            return self.time_input(sigma)
-        if self.time_input == "index":
-            return self.process.t_torch(sigma).round().to(torch.int64)
-        t = self.process.t_torch(sigma) if self.time_input == "fractional" else continuous_t(self.process, sigma)
-        return (t * self.time_scale).to(torch.float32)
+            t = self.time_input(sigma)
+        elif self.time_input == "index":
+            t = self.process.t_torch(sigma).round().to(torch.int64)
+        else:
+            t = self.process.t_torch(sigma) if self.time_input == "fractional" else continuous_t(self.process, sigma)
+            t = (t * self.time_scale).to(torch.float32)
+        if self.time_dtype is not None:
+            t = t.to(self.time_dtype)
+        if self.time_shape is not None:
+            t = t.reshape([sigma.shape[0] if d == -1 else d for d in self.time_shape])
+        return t
 
     def c_in(self, s: torch.Tensor) -> torch.Tensor:
         if self.input_scaling == "vp":
@@ -294,6 +308,37 @@ def _tensor_out(out, x):
     return out
 
 
+def _time_dtype(spec):
+    if spec is None or isinstance(spec, torch.dtype):
+        return spec
+    key = str(spec).replace("torch.", "").lower()
+    if key not in TIME_DTYPES:
+        raise unknown_name("time_dtype", spec, TIME_DTYPES)
+    return TIME_DTYPES[key]
+
+
+def _time_shape(spec):
+    """"N" / None -> None ([B]); "N,1", ["N", 1], (-1, 1) -> (-1, 1): one batch entry (N, B or -1), the
+    rest positive integers."""
+    if spec is None:
+        return None
+    parts = spec.replace("x", ",").split(",") if isinstance(spec, str) else list(spec)
+    out = []
+    for p in parts:
+        p = p.strip() if isinstance(p, str) else p
+        if p in ("N", "n", "B", "b", -1, "-1"):
+            out.append(-1)
+        else:
+            try:
+                out.append(int(p))
+            except (TypeError, ValueError):
+                out.append(0)
+    if out.count(-1) != 1 or any(d == 0 or d < -1 for d in out):
+        raise ScheduleLabError(f"bad time_shape {spec!r}: give the time tensor's shape with N for the batch, "
+                               "e.g. N (the default, [B]) or N,1 ([B, 1])")
+    return None if out == [-1] else tuple(out)
+
+
 def _shape(event_shape) -> tuple:
     if event_shape is None:
         raise ScheduleLabError("event_shape is needed (the shape of one sample, e.g. 1,28,28)")
@@ -318,7 +363,9 @@ def wrap_module(module, parametrization="eps", process="discrete", time_input="i
         process: noise process spec for `make_process` (default: DDPM linear betas, 1000 steps).
         time_input: "index" | "fractional" | "continuous" | callable(sigma [B]) -> time [B].
         event_shape: shape of one sample, e.g. (1, 28, 28).
-        kw: sigma_data, input_scaling, time_scale, data_range, display, name, sigma_min, sigma_max.
+        kw: sigma_data, input_scaling, time_scale, time_dtype, time_shape, data_range, display, name,
+            sigma_min, sigma_max.
+    The module is put in eval() mode (BatchNorm uses its running statistics; no dropout).
     """
     return WrappedDenoiser(module, parametrization, process, time_input, event_shape, **kw)
 

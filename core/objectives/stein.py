@@ -188,16 +188,20 @@ def iter_stein_density(model, sampler, sigmas_grid, n: int = 512, method: str = 
     x0, eps = _draw(sampler, int(n), seed, getattr(model, "event_shape", (2,)))
     x0, eps = x0.to(dev), eps.to(dev)
     vv = _speed(v, grid)
-    per = max(1, int(chunk_points) // int(n))
+    per = max(1, int(chunk_points) // int(n))          # levels per denoiser batch
+    sub = max(1, min(int(n), int(chunk_points)))       # samples per batch (< n: a level in pieces)
     i = int(start)
     while i < grid.size:
         j = min(grid.size, i + per)
         sig = torch.as_tensor(grid[i:j], dtype=torch.float64, device=dev)
-        x = (x0.unsqueeze(0) + _b(sig, x0.unsqueeze(0)) * eps.unsqueeze(0)).reshape(-1, *x0.shape[1:])
-        s_b = sig.repeat_interleave(x0.shape[0])
-        ds = score_sigma_derivative(m, x, s_b, method, fd_step)
-        sq = ds.reshape(j - i, x0.shape[0], -1).pow(2).sum(-1).mean(-1)        # E ||d/dsigma score||^2
-        delta = vv[i:j] ** 2 * sq.detach().cpu().numpy()
+        sq = 0.0
+        for a in range(0, int(n), sub):                 # one pass unless a level does not fit a batch
+            b = min(int(n), a + sub)
+            x = (x0[a:b].unsqueeze(0) + _b(sig, x0[a:b].unsqueeze(0)) * eps[a:b].unsqueeze(0)).reshape(-1, *x0.shape[1:])
+            ds = score_sigma_derivative(m, x, sig.repeat_interleave(b - a), method, fd_step)
+            sq = sq + ds.reshape(j - i, b - a, -1).pow(2).sum(-1).sum(-1).detach()
+        sq = sq / int(n)                                                            # E ||d/dsigma score||^2
+        delta = vv[i:j] ** 2 * sq.cpu().numpy()
         if not np.all(np.isfinite(delta)):
             raise ScheduleLabError(f"the Stein density is not finite between sigma = {grid[i]:g} and "
                                    f"{grid[j - 1]:g}; the model returns NaN/inf there")

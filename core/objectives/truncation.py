@@ -1,9 +1,9 @@
-"""DM-NonUniform's data-free error bound for the `dpmpp_3m` solver, and its per-step curve.
+"""DM-NonUniform's data-free error bound for the `dpmpp_3m_lagrange` solver, and its per-step curve.
 
 Xue et al. 2024, "Accelerating Diffusion Sampling with Optimized Time Steps" (arXiv 2402.17376),
 Sec. 4-5, Thm. 1; methods.md s.5. Everything is in half-log-SNR lambda = -log sigma (EDM sigma).
 
-Solver modelled (core/solvers/ode.py `dpmpp_3m`, exactly): a schedule of n steps has levels
+Solver modelled (core/solvers/ode.py `dpmpp_3m_lagrange`, exactly): a schedule of n steps has levels
 sigma_0 = sigma_max > ... > sigma_{n-1} = sigma_min > sigma_n = 0.  Steps s = 0 .. n-2 are
 exponential multistep steps of order k_s = min(3, s + 1, n - s)  (1, 2, 3, ..., 3, 2):
 
@@ -31,8 +31,9 @@ The error of the returned sample is  sum_j (sum_s a_{s,j}) eps-direction_j, boun
 
 (signed contributions of a node summed over the steps that use it, then absolute value).
 
-Model error (paper Sec. 5):  eps(sigma) = sigma_vp^p / alpha_vp,  alpha_vp = 1/sqrt(1 + sigma^2),
-sigma_vp = sigma/sqrt(1 + sigma^2);  p = 1 for pixel-space models, p = 2 for latent models.
+Model error (paper Sec. 5):  eps(sigma) = sigma_t^p / alpha_t in the model's own process (VP:
+alpha_vp = 1/sqrt(1 + sigma^2), sigma_vp = sigma/sqrt(1 + sigma^2), the paper's case; VE/EDM and flow
+in `error_model`);  p = 1 for pixel-space models (then eps = sigma for every process), p = 2 for latent models.
 
 Reference-code details kept (scxue/DM-NonUniform `step_optim.py`, read, not copied):
 - order-1 steps enter alone, |a_{s,j}| (the first step; the jump's node is used by no other step);
@@ -43,17 +44,18 @@ Decision (quadrature="auto", the default; see `quadrature_steps`): the reference
 every step in quadrature for NFE > 7.  With the reference rule beyond 7 steps the bound's infimum
 is reached by levels collapsing in pairs, whose huge opposite Lagrange weights cancel inside c_j
 (8 steps, EDM range, p = 1: bound 0.0084 vs 0.082 at the sensible local minimum that the
-reference's finite-difference run stalls in; the collapsed schedule's dpmpp_3m discretization
+reference's finite-difference run stalls in; the collapsed schedule's dpmpp_3m_lagrange discretization
 error on moons is 0.39 vs 0.084, and 0.050 for the "auto" optimum).  The reference only gets
 sensible schedules there because its optimizer stops near the start.  Up to NFE 7 the reference
 rule is well posed (one optimum from every start; at 7 steps it sits on a kink c_j = 0, which
 `core.optimizers.nonuniform` solves exactly in epigraph form).
 
-N mapping: our n (steps) = the paper's N = NFE.  The paper spends its N model calls on N multistep
+N mapping (convention="ours", the default): our n (steps) = the paper's N = NFE.  The paper spends its N model calls on N multistep
 intervals over [t_eps, T] (orders 1,2,3,..,3,2,1; the last interval ends at t_eps without a model
 call there), so it has N - 1 free points.  Our solver spends the same N calls on n - 1 multistep
 intervals over [sigma_min, sigma_max] (orders 1,2,3,..,3,2), the n-th call being D at sigma_min for
-the jump to 0, so n - 2 levels are free.
+the jump to 0, so n - 2 levels are free.  convention="paper" is the reference's own setting: N + 1 levels,
+N multistep steps of orders 1,2,3,..,3,2,1, no jump, N - 1 free levels (`step_plan`).
 
 Units: B is the error of the final sample (EDM x at sigma = 0) per unit of the model error
 scale; `bound_terms` returns it per step (see `truncation_curve`).
@@ -67,22 +69,30 @@ import numpy as np
 import torch
 
 from core.errors import ScheduleLabError
+from core.objectives.error_model import (NOISES, _check_noise, _log_error_derivatives,  # noqa: F401
+                                         error_model, noise_family)
 from core.schedules import Schedule
 from core.solvers.lagrange import lagrange_weights, multistep_orders
 
-SOLVER = "dpmpp_3m"          # the solver this bound models
+SOLVER = "dpmpp_3m_lagrange"          # the solver this bound models
 QUADRATURE_MAX_NFE = 7       # reference: NFE <= 7 -> first 3 steps in quadrature
 QUADRATURE_STEPS = 3
+CONVENTIONS = ("ours", "paper")
 
 
-def error_model(sigma, p: float = 1.0):
-    """eps(sigma) = sigma_vp^p / alpha_vp = sigma^p (1 + sigma^2)^((1 - p) / 2)  (paper Sec. 5).
+def step_plan(n: int, quadrature="auto", convention: str = "ours"):
+    """(orders [n-1], quadrature steps, jump) for n levels lam_0 .. lam_{n-1}.
 
-    sigma: EDM sigma, numpy array or torch tensor (autograd-safe)."""
-    if isinstance(sigma, torch.Tensor):
-        return sigma ** p * (1 + sigma ** 2) ** ((1 - p) / 2)
-    s = np.asarray(sigma, dtype=np.float64)
-    return s ** p * (1 + s ** 2) ** ((1 - p) / 2)
+    ours:  n = NFE levels; steps 0 .. n-2 are multistep (orders 1,2,3,...,3,2), then the jump to 0
+           (jump=True: D at sigma_min adds its own eps_{n-1}).
+    paper: n = N + 1 levels for N = NFE; steps 0 .. N-1 are multistep with orders 1,2,3,...,3,2,1 and
+           the last ends at sigma_min (the reference's t_eps) with no model call there; the
+           quadrature rule is applied with N (the reference's truncNum = 3 for N <= 7)."""
+    if convention not in CONVENTIONS:
+        raise ScheduleLabError(f"convention must be one of {', '.join(CONVENTIONS)}; got {convention!r}")
+    if convention == "ours":
+        return tuple(multistep_orders(n, 3)[:n - 1]), quadrature_steps(n, quadrature), True
+    return tuple(multistep_orders(n - 1, 3)), quadrature_steps(n - 1, quadrature), False
 
 
 def quadrature_steps(n: int, quadrature="auto") -> tuple:
@@ -93,7 +103,7 @@ def quadrature_steps(n: int, quadrature="auto") -> tuple:
             only the first (order-1) step.  For n > 7 this leaves every later step's
             contributions signed-accumulated per node, and the objective becomes ill-posed:
             levels collapse in pairs so that huge, opposite Lagrange weights cancel (measured on
-            moons / dpmpp_3m at 8 steps: bound 0.0084 vs 0.082 for the sensible local minimum,
+            moons / dpmpp_3m_lagrange at 8 steps: bound 0.0084 vs 0.082 for the sensible local minimum,
             discretization error 0.39 vs 0.084).  Kept for study.
         "auto" (default): "reference" for n <= 7 (well posed: one optimum from every start),
             "all" for n > 7 (the reference's own stabilisation extended to every step).
@@ -116,32 +126,32 @@ def quadrature_steps(n: int, quadrature="auto") -> tuple:
 
 
 @lru_cache(maxsize=128)
-def _plan(n: int, quad: tuple):
-    """Static structure of an n-step dpmpp_3m run: per order k, the step indices [m], node indices
+def _plan(n: int, quadrature, convention: str = "ours"):
+    """Static structure of an n-level dpmpp_3m_lagrange run: per order k, the step indices [m], node indices
     [m, k] (nodes s, s-1, .., s-k+1) and which of those steps are in quadrature [m] (numpy, so the
-    cache never holds a tensor created inside a torch.func transform)."""
-    orders = multistep_orders(n, 3)
+    cache never holds a tensor created inside a torch.func transform); and the jump flag."""
+    orders, quad, jump = step_plan(n, quadrature, convention)
     groups = []
     for k in (1, 2, 3):
         steps = [s for s in range(n - 1) if orders[s] == k]
         if steps:
             nodes = np.array([[s - j for j in range(k)] for s in steps], dtype=np.int64)
             groups.append((k, np.array(steps, dtype=np.int64), nodes, np.array([s in quad for s in steps])))
-    return orders, groups
+    return orders, groups, jump
 
 
-def bound_parts(lam: torch.Tensor, p: float = 1.0, quadrature="auto"):
+def bound_parts(lam: torch.Tensor, p: float = 1.0, quadrature="auto", noise: str = "vp",
+                convention: str = "ours"):
     """The two pieces of the bound for levels lam = -log sigma_0 .. sigma_{n-1}.
 
     lam: [n] float64, increasing (lam[n-1] = -log sigma_min); may require grad.
     Returns (q [n], c [n]): q[s] = sqrt(sum_j a_{s,j}^2) for the quadrature steps (else 0);
     c[j] = signed accumulated error of node j from the other steps (+ eps_{n-1} at the jump's
-    node).  B = sum(q) + sum(|c|).
+    node, convention "ours").  B = sum(q) + sum(|c|).  noise, convention: see error_model, step_plan.
     """
     n = lam.shape[0]
-    quad = quadrature_steps(n, quadrature)
-    _, groups = _plan(n, quad)
-    eps = error_model(torch.exp(-lam), p)
+    _, groups, has_jump = _plan(n, quadrature, convention)
+    eps = error_model(torch.exp(-lam), p, noise)
     c = torch.zeros(n, dtype=lam.dtype, device=lam.device)
     q = torch.zeros(n, dtype=lam.dtype, device=lam.device)
     for k, steps_np, nodes_np, quad_np in groups:
@@ -156,6 +166,8 @@ def bound_parts(lam: torch.Tensor, p: float = 1.0, quadrature="auto"):
         if not quad_np.all():
             keep = torch.from_numpy(~quad_np)
             c = c.index_add(0, nodes[keep].reshape(-1), a[keep].reshape(-1))
+    if not has_jump:
+        return q, c
     jump = torch.zeros_like(c)
     jump[n - 1] = 1.0
     return q, c + jump * eps[n - 1]                                          # D(x, sigma_min) + eps
@@ -178,20 +190,21 @@ _T = np.array([[1.0, -1.0, 0.0, 0.0, 0.0], [0.0, 1.0, -1.0, 0.0, 0.0], [0.0, 0.0
 
 
 @lru_cache(maxsize=128)
-def _plan_np(n: int, quad: tuple):
+def _plan_np(n: int, quadrature, convention: str = "ours"):
     """Static index arrays for all n - 1 multistep steps as rows: steps [M], order masks, nodes
     [M, 3] (s, s-1, s-2, clipped at 0; weights of unused nodes are exactly 0), positions [M, 5]
     (s+1, s, s-1, s-2, n-1), quadrature mask [M] and the flat scatter indices."""
     M = n - 1
     steps = np.arange(M)
-    orders = np.array(multistep_orders(n, 3)[:M])
+    orders_t, quad, jump = step_plan(n, quadrature, convention)
+    orders = np.array(orders_t)
     nodes = np.maximum(steps[:, None] - np.arange(3), 0)
     pos = np.concatenate([steps[:, None] + 1, nodes, np.full((M, 1), n - 1)], 1)
     qm = np.isin(steps, quad)
     jc_idx = (nodes[:, :, None] * n + pos[:, None, :])[~qm].ravel()
     jq_idx = (steps[:, None] * n + pos)[qm].ravel()
     h_idx = pos[:, :, None] * n + pos[:, None, :]
-    return steps, orders, nodes, pos, qm, jc_idx, jq_idx, h_idx[qm].ravel(), h_idx[~qm]
+    return steps, orders, nodes, pos, qm, jc_idx, jq_idx, h_idx[qm].ravel(), h_idx[~qm], jump
 
 
 class BoundNP:
@@ -201,13 +214,15 @@ class BoundNP:
     the endpoints).  order 2: `hessian(node_weights, with_q)` = sum_s Hess q_s (if with_q) +
     sum_j node_weights[j] Hess c_j  [n, n]."""
 
-    def __init__(self, lam, p: float = 1.0, quadrature="auto", order: int = 0):
+    def __init__(self, lam, p: float = 1.0, quadrature="auto", order: int = 0, noise: str = "vp",
+                 convention: str = "ours"):
         lam = np.asarray(lam, dtype=np.float64)
         n = self.n = lam.shape[0]
-        steps, orders, nodes, pos, qm, jc_idx, jq_idx, hq_idx, hc_idx = _plan_np(n, quadrature_steps(n, quadrature))
+        steps, orders, nodes, pos, qm, jc_idx, jq_idx, hq_idx, hc_idx, jump = _plan_np(n, quadrature, convention)
         self._hq_idx, self._hc_idx, self._qm, self._nodes = hq_idx, hc_idx, qm, nodes
         sig = np.exp(-lam)
-        eps = error_model(sig, p)
+        eps = error_model(sig, p, noise)
+        jump_eps = eps[n - 1] if jump else 0.0
         h = lam[1:] - lam[:-1]
         hp = np.r_[1.0, h[:-1]]                                       # h1 (dummy 1 where unused)
         hpp = np.r_[1.0, 1.0, h[:-2]]                                 # h2
@@ -228,11 +243,10 @@ class BoundNP:
         self.q = np.zeros(n)
         self.q[steps[qm]] = qs
         self.c = np.bincount(nodes[~qm].ravel(), a[~qm].ravel(), n).astype(np.float64)  # int when empty
-        self.c[n - 1] += eps[n - 1]
+        self.c[n - 1] += jump_eps
         if order == 0:
             return
-        u = sig * sig
-        dle = -(p + (1.0 - p) * u / (1.0 + u))
+        dle, d2le = _log_error_derivatives(sig, p, noise)
         dG0, dG1, dG2 = 1.0 - G0, h - G1, h * h - G2
         r11, rSS, r22 = r1 * r1, rS * rS, r2 * r2
         A1 = np.stack([-r11 - rSS, r11, rSS], 1)                      # dA/dh1, dA/dh2, dB/dh1, dB/dh2
@@ -254,9 +268,8 @@ class BoundNP:
             self.Jq = np.bincount(jq_idx, Dq.ravel(), n * n)
         self.Jc = np.bincount(jc_idx, Da[~qm].ravel(), n * n).astype(np.float64).reshape(n, n)
         self.Jq = self.Jq.reshape(n, n)
-        self.Jc[n - 1, n - 1] += eps[n - 1] * dle[n - 1]
-        d2le = 2.0 * (1.0 - p) * u / (1.0 + u) ** 2
-        self._jump2 = eps[n - 1] * (dle[n - 1] ** 2 + d2le[n - 1])
+        self.Jc[n - 1, n - 1] += jump_eps * dle[n - 1]
+        self._jump2 = jump_eps * (dle[n - 1] ** 2 + d2le[n - 1])
         if order < 2:
             return
         d2G0, d2G1, d2G2 = -dG0, 1.0 - dG1, 2.0 * h - dG2
@@ -313,41 +326,45 @@ class BoundNP:
         return H
 
 
-def bound_parts_np(lam, p: float = 1.0, quadrature="auto", jac: bool = False):
+def bound_parts_np(lam, p: float = 1.0, quadrature="auto", jac: bool = False, noise: str = "vp",
+                   convention: str = "ours"):
     """numpy float64 twin of `bound_parts`: (q [n], c [n]) and, with jac=True, also their
     Jacobians dq/dlam, dc/dlam [n, n] (exact, closed form, w.r.t. every level incl. the endpoints)."""
-    b = BoundNP(lam, p, quadrature, order=1 if jac else 0)
+    b = BoundNP(lam, p, quadrature, order=1 if jac else 0, noise=noise, convention=convention)
     return (b.q, b.c, b.Jq, b.Jc) if jac else (b.q, b.c)
 
 
-def bound_np(lam, p: float = 1.0, quadrature="auto", grad: bool = False):
+def bound_np(lam, p: float = 1.0, quadrature="auto", grad: bool = False, noise: str = "vp",
+             convention: str = "ours"):
     """B (float) for levels lam [n] (numpy), and with grad=True its exact gradient [n] too."""
-    b = BoundNP(lam, p, quadrature, order=1 if grad else 0)
+    b = BoundNP(lam, p, quadrature, order=1 if grad else 0, noise=noise, convention=convention)
     return (b.value, b.gradient()) if grad else b.value
 
 
-def signed_nodes(n: int, quadrature="auto") -> tuple:
+def signed_nodes(n: int, quadrature="auto", convention: str = "ours") -> tuple:
     """Nodes whose accumulated error c_j collects signed terms of several weights (those of the
     non-quadrature steps); |c_j| has a kink where c_j = 0 (the optimizer handles these exactly)."""
-    _, groups = _plan(n, quadrature_steps(n, quadrature))
+    _, groups, _ = _plan(n, quadrature, convention)
     out = set()
     for _, _, nodes_np, quad_np in groups:
         out |= set(nodes_np[~quad_np].reshape(-1).tolist())
     return tuple(sorted(out))
 
 
-def bound_terms(lam: torch.Tensor, p: float = 1.0, quadrature="auto") -> torch.Tensor:
+def bound_terms(lam: torch.Tensor, p: float = 1.0, quadrature="auto", noise: str = "vp",
+                convention: str = "ours") -> torch.Tensor:
     """Per-step contributions [n] to the bound B for levels lam = -log sigma_0..sigma_{n-1}.
 
     Entry s = (quadrature term of step s, if any) + |c_s|, where c_s is the signed accumulated
     error of node s (the level step s starts from); the entries sum to B."""
-    q, c = bound_parts(lam, p, quadrature)
+    q, c = bound_parts(lam, p, quadrature, noise, convention)
     return q + c.abs()
 
 
-def bound(lam: torch.Tensor, p: float = 1.0, quadrature="auto") -> torch.Tensor:
+def bound(lam: torch.Tensor, p: float = 1.0, quadrature="auto", noise: str = "vp",
+          convention: str = "ours") -> torch.Tensor:
     """The DM-NonUniform objective B (scalar tensor) for levels lam [n] (see bound_terms)."""
-    return bound_terms(lam, p, quadrature).sum()
+    return bound_terms(lam, p, quadrature, noise, convention).sum()
 
 
 def schedule_lambdas(schedule: Schedule) -> torch.Tensor:
@@ -355,7 +372,7 @@ def schedule_lambdas(schedule: Schedule) -> torch.Tensor:
     return -torch.log(torch.tensor(schedule.sigmas[:-1], dtype=torch.float64))
 
 
-def truncation_curve(schedule: Schedule, p: float = 1.0, quadrature="auto") -> dict:
+def truncation_curve(schedule: Schedule, p: float = 1.0, quadrature="auto", noise: str = "vp") -> dict:
     """Per-step contributions of DM-NonUniform's bound for any schedule (its per-interval curve).
 
     Returns a dict (lists have one entry per step, s = 0 .. n-1; step n-1 is the jump to 0):
@@ -366,15 +383,16 @@ def truncation_curve(schedule: Schedule, p: float = 1.0, quadrature="auto") -> d
         share: contribution / objective.
         order: the solver's order at the step (1, 2, 3, ..., 3, 2, 1; the last is the jump).
         quadrature: whether the step enters in quadrature (reference rule for NFE <= 7).
-        node_error: eps(sigma_s) = sigma_vp^p / alpha_vp, the modelled model error at the node.
-        objective: B;  p, solver ("dpmpp_3m"), steps.
+        node_error: eps(sigma_s) = sigma_t^p / alpha_t, the modelled model error at the node (noise:
+            the process family, see error_model).
+        objective: B;  p, solver ("dpmpp_3m_lagrange"), steps.
     """
     if not isinstance(schedule, Schedule):
         raise ScheduleLabError("truncation_curve needs a Schedule (core.schedules.Schedule)")
     _check_p(p)
     n = schedule.steps
     with torch.no_grad():
-        terms = bound_terms(schedule_lambdas(schedule), p, quadrature)
+        terms = bound_terms(schedule_lambdas(schedule), p, quadrature, noise)
     total = float(terms.sum())
     if not (math.isfinite(total) and bool(torch.isfinite(torch.as_tensor(terms)).all())):
         raise ScheduleLabError(f"the error bound of {schedule.label()} with p = {p:g} is {total} (the error "
@@ -388,7 +406,7 @@ def truncation_curve(schedule: Schedule, p: float = 1.0, quadrature="auto") -> d
         "share": (terms / total).tolist() if total > 0 else [math.nan] * n,
         "order": multistep_orders(n, 3),
         "quadrature": [s in quad for s in range(n)],
-        "node_error": error_model(np.asarray(sig[:-1]), p).tolist(),
+        "node_error": error_model(np.asarray(sig[:-1]), p, noise).tolist(),
         "objective": total, "p": p, "solver": SOLVER, "steps": n,
     }
 

@@ -1,4 +1,4 @@
-"""DM-NonUniform: optimized time steps for the `dpmpp_3m` solver (Xue et al. 2024, arXiv 2402.17376,
+"""DM-NonUniform: optimized time steps for the `dpmpp_3m_lagrange` solver (Xue et al. 2024, arXiv 2402.17376,
 Sec. 5; methods.md s.5).
 
 Minimise the data-free bound B(lambda_1 .. lambda_{n-2}) of `core.objectives.truncation` over the
@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 
 from core.errors import ScheduleLabError, unknown_name
-from core.objectives.truncation import SOLVER, _check_p, quadrature_steps
+from core.objectives.truncation import CONVENTIONS, SOLVER, _check_noise, _check_p, noise_family, quadrature_steps
 from core.optimizers.base import Optimizer, ProgressEvent
 from core.optimizers.nonuniform_solve import (KINK_TOL, StartResult, ordering_constraint,  # noqa: F401
                                               solve_from)
@@ -49,6 +49,18 @@ def resolve_range(process="edm", sigma_min=None, sigma_max=None):
     smax = float(proc.sigma_max if sigma_max is None else sigma_max)
     if not (math.isfinite(smin) and math.isfinite(smax) and 0 < smin < smax):
         raise ScheduleLabError(f"need 0 < sigma_min < sigma_max; got sigma_min={smin}, sigma_max={smax}")
+    return proc, smin, smax
+
+
+def model_process(model):
+    """(process, sigma_min, sigma_max) of a loaded model (core.models): a wrapped network's own noise
+    process (a discrete table of any length, continuous VP, EDM or flow; `core.models.wrap`) and its
+    sigma range; a model without one (an EDM network such as digits) is an EDM process over its range."""
+    from core.processes import EDMProcess
+    smin, smax = float(model.sigma_min), float(model.sigma_max)
+    proc = getattr(model, "process", None)
+    if proc is None or not all(hasattr(proc, a) for a in ("sigma", "t", "sigma_min", "sigma_max")):
+        proc = EDMProcess(smin, smax)
     return proc, smin, smax
 
 
@@ -86,9 +98,9 @@ def _schedule(lam: np.ndarray, sigma_max: float, sigma_min: float, **params) -> 
 
 
 def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 3:
-        raise ScheduleLabError(f"DM-NonUniform needs an integer steps >= 3 (n - 2 interior levels are "
-                               f"optimized between sigma_max and sigma_min; 2 steps leave none); got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
+        raise ScheduleLabError(f"DM-NonUniform needs an integer steps >= 2 (sigma_max, sigma_min, 0; "
+                               f"n - 2 levels are optimized, N - 1 with convention 'paper'); got {steps!r}")
     if steps > 200:
         raise ScheduleLabError(f"steps = {steps} is more than DM-NonUniform is meant for (<= 200); "
                                "it optimizes few-step schedules")
@@ -99,12 +111,17 @@ class NonUniformOptimizer(Optimizer):
     """DM-NonUniform as an Optimizer: one trust-constr run per start, best converged kept.
 
     Args:
-        steps: n (= NFE of dpmpp_3m); n - 2 interior levels are optimized.
+        steps: n (= NFE of dpmpp_3m_lagrange); n - 2 interior levels are optimized (convention "ours"), or the
+            paper's N: N model calls over N multistep intervals ending at sigma_min, N - 1 free levels,
+            the result written as the N + 1 levels followed by 0 (convention "paper").
         sigma_min, sigma_max: fixed endpoints (default: the process's range).
         p: error-model exponent (1 pixel, 2 latent).
         process: "edm" | "vp-linear" | "vp-cosine" | "flow" | "discrete" (DDPM linear betas), a
             dict for core.models.wrap.make_process, or a process object: it fixes the uniform-t
-            start and the default range; the bound itself lives in sigma.
+            start, the default range and the error model's alpha_t / sigma_t (`noise`); for a loaded
+            model use `model_process(model)`.
+        convention: "ours" | "paper" (core.objectives.truncation.step_plan).
+        noise: "vp" | "ve" | "flow": the error model's process family (default: the process's own).
         starts: subset of STARTS.
         quadrature: see core.objectives.truncation.quadrature_steps ("auto").
         strict: result() raises ScheduleLabError when no start converged (else returns it flagged).
@@ -118,11 +135,18 @@ class NonUniformOptimizer(Optimizer):
 
     def __init__(self, steps: int, sigma_min: float | None = None, sigma_max: float | None = None,
                  p: float = 1.0, process="edm", starts=STARTS, quadrature="auto", strict: bool = True,
-                 gtol: float = 1e-8, kkt_tol: float = 1e-5, maxiter: int = 1000):
+                 gtol: float = 1e-8, kkt_tol: float = 1e-5, maxiter: int = 1000, convention: str = "ours",
+                 noise: str | None = None):
         self.steps = _check_steps(steps)
         _check_p(p)
+        if convention not in CONVENTIONS:
+            raise unknown_name("DM-NonUniform convention", convention, CONVENTIONS)
         self.proc, self.sigma_min, self.sigma_max = resolve_range(process, sigma_min, sigma_max)
         self.process = getattr(self.proc, "name", type(self.proc).__name__)
+        self.noise = noise_family(self.proc) if noise is None else noise
+        _check_noise(self.noise)
+        self.convention = convention
+        self.levels = self.steps + 1 if convention == "paper" else self.steps
         starts = (starts,) if isinstance(starts, str) else tuple(starts)
         if not starts:
             raise ScheduleLabError(f"give at least one start from {', '.join(STARTS)}")
@@ -138,16 +162,17 @@ class NonUniformOptimizer(Optimizer):
 
     def _config(self) -> dict:
         return {"steps": self.steps, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "p": self.p,
-                "process": self.process, "starts": list(self.starts), "quadrature": self.quadrature}
+                "process": self.process, "starts": list(self.starts), "quadrature": self.quadrature,
+                "convention": self.convention, "noise": self.noise}
 
     def events(self):
         finished = {r.start for r in self.done}
         for st in self.starts:
             if st in finished:
                 continue
-            lam0 = start_levels(st, self.steps, self.sigma_min, self.sigma_max, self.proc)
-            r = solve_from(lam0, self.p, self.quadrature, start=st, gtol=self.gtol,
-                           kkt_tol=self.kkt_tol, maxiter=self.maxiter, record=True)
+            lam0 = start_levels(st, self.levels, self.sigma_min, self.sigma_max, self.proc)
+            r = solve_from(lam0, self.p, self.quadrature, start=st, gtol=self.gtol, kkt_tol=self.kkt_tol,
+                           maxiter=self.maxiter, record=True, noise=self.noise, convention=self.convention)
             for it, lam, b in r.iterates:
                 if not np.all(np.diff(lam) > 0):       # interior-point iterates may leave the ordering
                     continue
@@ -209,7 +234,8 @@ class NonUniformOptimizer(Optimizer):
                 raise ScheduleLabError(msg)
             warnings.warn(msg)
         return self._sched(best.lam, p=self.p, process=self.process, quadrature=self.quadrature,
-                           objective=best.objective, converged=best.converged, start=best.start)
+                           objective=best.objective, converged=best.converged, start=best.start,
+                           convention=self.convention, noise=self.noise, nfe=self.steps)
 
     def _sched(self, lam, **params) -> Schedule:
         return _schedule(lam, self.sigma_max, self.sigma_min, **params)
@@ -239,7 +265,7 @@ class NonUniformOptimizer(Optimizer):
 def optimize_nonuniform(steps: int, sigma_min: float | None = None, sigma_max: float | None = None,
                         p: float = 1.0, process="edm", starts=STARTS, quadrature="auto",
                         strict: bool = True, **kw):
-    """DM-NonUniform schedule for dpmpp_3m: returns (Schedule with solver="dpmpp_3m", info dict).
+    """DM-NonUniform schedule for dpmpp_3m_lagrange: returns (Schedule with solver="dpmpp_3m_lagrange", info dict).
 
     See NonUniformOptimizer for the arguments and `info()` for the report.  Raises
     ScheduleLabError when no start converged (strict=True); with strict=False the result comes

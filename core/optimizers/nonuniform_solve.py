@@ -72,9 +72,10 @@ class _Evaluator:
     for the signed nodes S, its Jacobian [|S|, m] and the multiplier-weighted constraint Hessian.
     order: 0 values only (finite-difference runs), 1 + gradients, 2 + Hessians."""
 
-    def __init__(self, lam0, lam_end, p, quadrature, scale, signed, order):
+    def __init__(self, lam0, lam_end, p, quadrature, scale, signed, order, noise="vp", convention="ours"):
         self.lo, self.hi = float(lam0), float(lam_end)
         self.p, self.quadrature, self.scale, self.order = p, quadrature, scale, order
+        self.setting = {"noise": noise, "convention": convention}
         self.S = np.asarray(signed, dtype=np.int64)
         self.b = None
         self._key = None
@@ -82,7 +83,7 @@ class _Evaluator:
     def at(self, x) -> "BoundNP":
         key = x.tobytes()
         if key != self._key:
-            b = BoundNP(np.r_[self.lo, x, self.hi], self.p, self.quadrature, self.order)
+            b = BoundNP(np.r_[self.lo, x, self.hi], self.p, self.quadrature, self.order, **self.setting)
             rest = np.sign(b.c)
             rest[self.S] = 0.0
             self.rest, self.b, self._key = rest, b, key
@@ -117,7 +118,8 @@ def solve_from(lam_start: np.ndarray, p: float = 1.0, quadrature="auto", *, star
                scale: float | None = None, gradient: str = "exact", hessian: str = "auto",
                form: str = "auto", gtol: float = 1e-8, kkt_tol: float = 1e-5, maxiter: int = 1000,
                min_gap: float | None = None, barrier: float = 1e-8, barrier_tol0: float = 1e-8,
-               xtol: float = 1e-12, record: bool = False) -> StartResult:
+               xtol: float = 1e-12, record: bool = False, noise: str = "vp",
+               convention: str = "ours") -> StartResult:
     """One trust-constr run from `lam_start` ([n] increasing); endpoints stay fixed.
 
     gradient="exact": closed-form gradients (`core.objectives.truncation.BoundNP`, float64, checked
@@ -143,7 +145,8 @@ def solve_from(lam_start: np.ndarray, p: float = 1.0, quadrature="auto", *, star
     at a solution, so the barrier only has to keep iterates ordered; SciPy's default decreasing
     sequence (0.1, 0.02, ...) only costs iterations (and, in epigraph form, stops early: below).
     xtol: trust-radius termination (tiny: gtol decides).  record: keep every iterate (progress
-    events).  The reference code's call is gradient="2-point", form="plain", barrier=0.1,
+    events).  noise, convention: the error model's process family and the step convention
+    (`core.objectives.truncation.error_model`, `step_plan`).  The reference code's call is gradient="2-point", form="plain", barrier=0.1,
     barrier_tol0=0.1, xtol=1e-8, min_gap=0 (SciPy's defaults).
     converged = KKT optimality <= kkt_tol (scaled objective), constraint violation <= 1e-8 and
     complementarity: the barrier parameter at exit <= kkt_tol (trust-constr's `optimality` is the
@@ -165,21 +168,22 @@ def solve_from(lam_start: np.ndarray, p: float = 1.0, quadrature="auto", *, star
     gap = 1e-3 * (l1 - l0) / (n - 1) if min_gap is None else float(min_gap)
     if not np.all(np.diff(lam_start) > max(gap, 0.0)):
         raise ScheduleLabError(f"start {start!r} violates the ordering margin {gap:g} in lambda")
-    b_start = bound_np(lam_start, p, quadrature)
+    setting = {"noise": noise, "convention": convention}
+    b_start = bound_np(lam_start, p, quadrature, **setting)
     scale = b_start if scale is None else float(scale)
     if n <= 2:
         return StartResult(start, lam_start, b_start, b_start, True, 1,
                            "no interior level to optimize (steps <= 2)", 0, 1, 0.0, 0.0, 0.0)
-    signed = signed_nodes(n, quadrature)
-    kw = dict(p=p, quadrature=quadrature, scale=scale, gradient=gradient, hessian=hessian, gtol=gtol,
+    signed = signed_nodes(n, quadrature, convention)
+    kw = dict(p=p, quadrature=quadrature, setting=setting, scale=scale, gradient=gradient, hessian=hessian, gtol=gtol,
               maxiter=maxiter, gap=gap, barrier=barrier, barrier_tol0=barrier_tol0, xtol=xtol)
     t0 = time.perf_counter()
     iterates, note, nit0, nfev0 = [], "", 0, 0
     if form == "auto" and signed:
         r, its, kink = _trust_constr(lam_start, (), watch=signed, **kw)
         lam = np.r_[l0, r.x, l1]
-        c = BoundNP(lam, p, quadrature).c[list(signed)]
-        b = bound_np(lam, p, quadrature)
+        c = BoundNP(lam, p, quadrature, **setting).c[list(signed)]
+        b = bound_np(lam, p, quadrature, **setting)
         if kink is None and _ok(r, b, kkt_tol) and np.abs(c).min() > KINK_TOL * b:
             return StartResult(start, lam, b, b_start, True, int(r.status), str(r.message), int(r.nit),
                                int(r.nfev), float(r.optimality), float(r.constr_violation),
@@ -189,7 +193,7 @@ def solve_from(lam_start: np.ndarray, p: float = 1.0, quadrature="auto", *, star
                 if kink is not None else f"B itself: not accepted ({r.message}); epigraph form: ")
     r, its, _ = _trust_constr(lam_start, signed if form != "plain" else (), watch=(), **kw)
     lam = np.r_[l0, r.x[:n - 2], l1]
-    b = bound_np(lam, p, quadrature)
+    b = bound_np(lam, p, quadrature, **setting)
     iterates += [(nit0 + i, x, v) for i, x, v in its] if record else []
     return StartResult(start, lam, b, b_start, _ok(r, b, kkt_tol), int(r.status), note + str(r.message),
                        nit0 + int(r.nit), nfev0 + int(r.nfev), float(r.optimality), float(r.constr_violation),
@@ -206,7 +210,7 @@ class _KinkStop(Exception):
     pass
 
 
-def _trust_constr(lam_start, signed, *, watch, p, quadrature, scale, gradient, hessian, gtol, maxiter, gap,
+def _trust_constr(lam_start, signed, *, watch, p, quadrature, setting, scale, gradient, hessian, gtol, maxiter, gap,
                   barrier, barrier_tol0, xtol):
     """One trust-constr run; epigraph form when `signed` is non-empty, B itself otherwise.
     watch: signed nodes whose c_j sign changes are counted; the run stops (kink != None) at the
@@ -219,7 +223,7 @@ def _trust_constr(lam_start, signed, *, watch, p, quadrature, scale, gradient, h
     if hessian == "auto":
         hessian = "bfgs" if ns else "exact"
     exact_h = not fd and hessian == "exact"
-    ev = _Evaluator(l0, l1, p, quadrature, scale, signed, 0 if fd else 2 if exact_h else 1)
+    ev = _Evaluator(l0, l1, p, quadrature, scale, signed, 0 if fd else 2 if exact_h else 1, **setting)
     order = ordering_constraint(l0, l1, m, gap)
     iterates = []
     W = list(watch)
@@ -227,7 +231,7 @@ def _trust_constr(lam_start, signed, *, watch, p, quadrature, scale, gradient, h
 
     def callback(intermediate_result):
         x = intermediate_result.x[:m]
-        b = ev.at(x) if not fd else BoundNP(np.r_[l0, x, l1], p, quadrature)
+        b = ev.at(x) if not fd else BoundNP(np.r_[l0, x, l1], p, quadrature, **setting)
         iterates.append((int(intermediate_result.nit), np.r_[l0, x, l1], b.value))
         if W:
             sg = np.sign(b.c[W])

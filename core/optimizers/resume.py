@@ -167,8 +167,8 @@ def _norm(v):
         return [_norm(x) for x in v]
     if isinstance(v, dict):
         return {k: _norm(x) for k, x in v.items()}
-    if isinstance(v, int) and not isinstance(v, bool):
-        return float(v)
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2 ** 53:
+        return float(v)                                   # 3 == 3.0, as after a JSON round trip
     return v
 
 

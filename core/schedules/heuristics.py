@@ -63,11 +63,12 @@ def time_quadratic(steps, sigma_min, sigma_max, beta_min: float = 0.1, beta_max:
                  beta_min=beta_min, beta_max=beta_max)
 
 
-def kl_optimal(steps, sigma_min, sigma_max, c: float = 0.5) -> Schedule:
+def kl_optimal(steps, sigma_min, sigma_max, c: float = 1.0) -> Schedule:
     """AYS Theorem 3.1: sigma_i = c tan((1 - r) atan(smax / c) + r atan(smin / c)).
 
-    Exact KL-optimal for Gaussian data N(0, c^2 I) and DDIM. ComfyUI / A1111 use c = 1;
-    the theorem's choice is the data std (0.5 for our toys and the digits model).
+    Exact KL-optimal for Gaussian data N(0, c^2 I) and DDIM. The default c = 1 is ComfyUI's and
+    A1111's `kl_optimal`; the theorem's data-scaled variant is c = sigma_data (0.5 for our toys
+    and the digits model): pass it explicitly.
     """
     if c <= 0:
         raise ScheduleLabError(f"kl_optimal needs c > 0; got {c}")
@@ -76,24 +77,38 @@ def kl_optimal(steps, sigma_min, sigma_max, c: float = 0.5) -> Schedule:
     return _make(c * np.tan((1 - r) * a + r * b), "kl_optimal", c=c)
 
 
-def beta(steps, sigma_min, sigma_max, a: float = 0.6, b: float = 0.6,
-         beta_min: float = 0.1, beta_max: float = 20.0) -> Schedule:
-    """Beta sampling (Lee et al. 2024): timesteps at Beta(a, b) quantiles (ComfyUI a = b = 0.6).
+def beta_vp(steps, sigma_min, sigma_max, a: float = 0.6, b: float = 0.6,
+            beta_min: float = 0.1, beta_max: float = 20.0) -> Schedule:
+    """Beta sampling (Lee et al. 2024) in continuous linear-VP time: t_i at Beta(a, b) quantiles 1 - r
+    between t(sigma_min) and t(sigma_max), both ends included.
 
-    The quantiles 1 - r of Beta(a, b) place points in VP time between t(sigma_min) and
-    t(sigma_max), the continuous analogue of ComfyUI's index into the 1000-step table.
+    Not ComfyUI's `beta` (that one indexes a model's discrete table, drops sigma_min and dedupes
+    timesteps: `make_schedule('beta', n, table='sd15')`); this is its table-free analogue.
     """
     if a <= 0 or b <= 0:
-        raise ScheduleLabError(f"beta schedule needs a, b > 0; got a={a}, b={b}")
+        raise ScheduleLabError(f"beta_vp schedule needs a, b > 0; got a={a}, b={b}")
     p = _vp(beta_min, beta_max)
     q = beta_dist.ppf(1 - _r(steps), a, b)
     t0, t1 = p.t(sigma_min), p.t(sigma_max)
-    return _make(p.sigma(t0 + (t1 - t0) * q), "beta", a=a, b=b)
+    return _make(p.sigma(t0 + (t1 - t0) * q), "beta_vp", a=a, b=b)
+
+
+def laplace(steps, sigma_min, sigma_max, mu: float = 0.0, beta: float = 0.5) -> Schedule:
+    """k-diffusion / ComfyUI `get_sigmas_laplace` (Tiankai et al. 2024): log sigma_i =
+    mu - beta sign(1/2 - r) log(1 - 2|1/2 - r| + 1e-5), clamped to [sigma_min, sigma_max].
+
+    ComfyUI's function returns these n levels without the final 0; here the 0 is appended (n steps).
+    """
+    if beta <= 0:
+        raise ScheduleLabError(f"laplace needs beta > 0; got {beta}")
+    r = _r(steps)
+    lmb = mu - beta * np.sign(0.5 - r) * np.log(1 - 2 * np.abs(0.5 - r) + 1e-5)
+    return _make(np.clip(np.exp(lmb), sigma_min, sigma_max), "laplace", mu=mu, beta=beta)
 
 
 HEURISTICS = {
     "karras": karras, "loglinear": loglinear, "polyexponential": polyexponential,
     "time_uniform": time_uniform, "time_quadratic": time_quadratic, "kl_optimal": kl_optimal,
-    "beta": beta,
+    "beta_vp": beta_vp, "laplace": laplace,
 }
 ALIASES = {"edm": "karras", "exponential": "loglinear", "logsnr": "loglinear", "ddim_quad": "time_quadratic"}

@@ -25,7 +25,7 @@ class Schedule:
         sigmas: tuple of n + 1 floats, strictly decreasing, last exactly 0.
         name: what made it ("karras", "ays", "imported", ...).
         params: the parameters that made it (JSON-serialisable).
-        solver: the solver it was optimized for, if any (e.g. "dpmpp_3m" for DM-NonUniform).
+        solver: the solver it was optimized for, if any (e.g. "dpmpp_3m_lagrange" for DM-NonUniform).
     """
 
     sigmas: tuple
@@ -102,7 +102,7 @@ def validate_sigmas(sigmas, name: str = "schedule") -> tuple:
     """Check a sigma sequence; return it as a tuple of floats or raise ScheduleLabError."""
     try:
         vals = tuple(float(s) for s in (sigmas.tolist() if hasattr(sigmas, "tolist") else sigmas))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ScheduleLabError(f"{name}: sigmas must be a list of numbers") from None
     if len(vals) < 2:
         raise ScheduleLabError(f"{name}: a schedule needs at least 2 levels (sigma_max and the final 0); "

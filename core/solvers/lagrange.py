@@ -7,7 +7,7 @@ With lambda = -log sigma, the probability-flow ODE in data prediction integrates
 Replacing D by the Lagrange polynomial through the last k nodes (lambda_i, lambda_{i-1}, ...)
 gives node weights  w_j = e^{-h} * integral_0^h e^u l_j(lambda_i + u) du,  h = lambda_{i+1} - lambda_i,
 in closed form through  H_m(h) = integral_0^h e^u u^m du  (DM-NonUniform, Xue et al. 2024,
-Sec. 3; methods.md s.5). These weights are shared by the `dpmpp_3m` solver and the
+Sec. 3; methods.md s.5). These weights are shared by the `dpmpp_3m_lagrange` solver and the
 DM-NonUniform objective, so the objective models exactly the solver that samples.
 Works on torch float64 tensors (autograd-safe) of any batch shape.
 """

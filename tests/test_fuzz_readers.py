@@ -23,6 +23,7 @@ from core.schedules import Schedule, make_schedule, parse
 from toy_data import get_toy
 from toy_data.mixture import GaussianMixture
 
+LAST = {}
 SEED, CASES = 20261206, int(os.environ.get("FUZZ_CASES", 300))      # FUZZ_CASES=3000 for a longer run
 
 ODD_VALUES = ["a", "", True, False, None, 5, -1, 0, 10 ** 400, -(10 ** 30), 1e308, 3.5, [], {}, [1, "x"],
@@ -158,6 +159,7 @@ def test_every_reader_raises_only_schedule_lab_error(tmp_path):
             r = _call(fn, path)
             if r not in ("ok", "error"):
                 crashes.append((fn.__qualname__, "binary", r))
+    LAST.update(crashes=crashes, outcomes=outcomes)            # for a longer run's report (FUZZ_CASES)
     assert not crashes, f"{len(crashes)} crashes, e.g. {crashes[:5]}"
     # the fuzzer reached both sides: some inputs are accepted, most are refused
     assert outcomes.get("error", 0) > CASES // 3 and outcomes.get("ok", 0) > 0, outcomes

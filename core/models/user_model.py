@@ -249,8 +249,8 @@ def image_sampler_from(path_or_none, model, cache_dir, n: int = 512, steps: int 
     from core import cache as kc
     from core.solvers import get_solver
     get_solver(solver)
-    cache = (Path(cache_dir).expanduser() / (f"{_slug(model.name)}-{kc.model_fingerprint(model)}-n{n}-"
-                                             f"{_slug(solver)}{steps}-s{seed}-v{kc.CODE_VERSION}.npz"))
+    cache = (Path(cache_dir).expanduser() / (f"{_slug(model.name)}-{kc.model_fingerprint(model)}-v{kc.CODE_VERSION}"
+                                             f"-n{n}-{_slug(solver)}{steps}-s{seed}.npz"))
     x = None
     if cache.is_file():
         try:

@@ -146,6 +146,10 @@ class NonUniformOptimizer(Optimizer):
         self.noise = noise_family(self.proc) if noise is None else noise
         _check_noise(self.noise)
         self.convention = convention
+        if convention != "paper" and self.steps < 3:
+            raise ScheduleLabError(f"DM-NonUniform with convention 'ours' needs steps >= 3 (n - 2 interior levels "
+                                   f"are optimized; {self.steps} steps leave none): use steps >= 3, or "
+                                   "convention 'paper' (N - 1 levels)")
         self.levels = self.steps + 1 if convention == "paper" else self.steps
         starts = (starts,) if isinstance(starts, str) else tuple(starts)
         if not starts:

@@ -457,7 +457,7 @@ def _write_unet():
 
 # ---- presets, packaging -------------------------------------------------------------------------
 def test_presets_warn_when_their_range_is_not_the_models():
-    with pytest.warns(PresetRangeWarning, match="ays_sd15 .* 0.029 .. 14.615.* 0.002 .. 80"):
+    with pytest.warns(PresetRangeWarning, match=r"ays_sd15 .* 0\.029\d* \.\. 14\.61\d*.* 0\.002 \.\. 80"):
         make_schedule("ays_sd15", 10, 0.002, 80.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -378,18 +378,23 @@ def test_sigma_max_inf_is_named_in_the_engine_too():
         make_schedule("karras", 5, 0.002, math.inf)
 
 
-def test_app_resume_with_a_changed_knob_is_refused_visibly():
+def test_app_resume_with_a_changed_knob_is_refused_visibly(monkeypatch):
     from app_helpers import assert_clean, open_page
+    from run_helpers import Gate, rerun_until
+    gate = Gate(monkeypatch, lambda ev: ev.iteration >= 1)          # hold the worker after its first sweep
     knobs = {"opt_method": "ays", "opt_steps": 5, "opt_stages": 1, "opt_n_samples": 128, "opt_n_candidates": 4,
-             "opt_max_iters": 3, "opt_heldout": "none", "opt_events_per_rerun": 1}
-    at = open_page("optimizer", toy="gaussian", **knobs)
+             "opt_max_iters": 20, "opt_heldout": "none"}
+    at = open_page("optimizer", toy="grid8x8", **knobs)
     at.button(key="opt_start").click().run()
-    at.button(key="opt_stop").click().run()
     run = at.session_state["opt_run"]
+    gate.wait()
+    at.button(key="opt_stop").click().run()
+    gate.release()
+    rerun_until(at, lambda: run.status == "stopped")
     it = run.state["iteration"]
     at.session_state["opt_n_samples"] = 256                 # the Samples knob, changed while stopped
     at.run()
     at.button(key="opt_resume").click().run()
-    assert_clean(at)
+    assert not at.exception
     assert run.status == "stopped" and run.state["iteration"] == it and run.knobs["n_samples"] == 128
-    assert any("not resumed: n_samples changed from 128 to 256" in w.value for w in at.warning)
+    assert any("not resumed: n_samples changed from 128 to 256" in e.value for e in at.error)

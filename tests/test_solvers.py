@@ -110,7 +110,7 @@ def test_stochastic_ddim_marginal_variance_at_every_level():
 def test_nfe_accounting_matches_model_calls(name):
     spec = get_solver(name)
     model = MixtureDenoiser(get_toy("ring8"))
-    for steps in (1, 2, 5):
+    for steps in (s for s in (1, 2, 5) if s >= spec.min_steps):
         res = generate(model, make_schedule("karras", steps), 8, solver=name, seed=0)
         assert res.nfe == spec.nfe(steps)
         assert spec.steps_for_nfe(spec.nfe(steps)) == steps
@@ -132,7 +132,7 @@ def test_same_seed_same_samples_and_trajectory_shapes(name):
 def test_one_step_returns_the_denoiser_output():
     model = MixtureDenoiser(get_toy("ring8"))
     x = torch.randn(5, 2, dtype=torch.float64) * 80
-    for name in SOLVERS:
+    for name in (n for n, s in SOLVERS.items() if s.min_steps == 1):   # uni_pc: test_samplers_reference
         out = get_solver(name).fn(CountingDenoiser(model), x.clone(), torch.tensor([80.0, 0.0]))
         torch.testing.assert_close(out, model(x, 80.0))
 

@@ -136,6 +136,7 @@ def _run(a, part, device) -> int:
     from core.objectives.klub import DEFAULT_CHUNK
     from core.optimizers.ays import AYSOptimizer
     from core.optimizers.base import Optimizer
+    from core.optimizers.progress import ays_progress
     from core.optimizers.resume import check_writable, claim_state_path
     from core.schedules import Schedule
 
@@ -162,16 +163,20 @@ def _run(a, part, device) -> int:
     bar = None
     if part.is_main and not a.quiet:
         from tqdm import tqdm
-        bar = tqdm(desc="AYS", unit="sweep", initial=len(opt.history), dynamic_ncols=True)
+        # one bar over every stage: percent of the run's work (core.optimizers.progress), with stage
+        # k/K, sweeps against the stage's cap, the early-stopping state and the time left
+        bar = tqdm(desc="AYS", total=100.0, initial=round(100 * ays_progress(opt).fraction, 1), dynamic_ncols=True,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}|{postfix}")
     last = None
     for ev in opt.events():
         last = ev
         if part.is_main:
             opt.save_state(state_path)
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(stage=f"{ev.stage}:{len(ev.schedule.sigmas) - 1}", klub=f"{ev.objective:.4g}",
-                            heldout="-" if ev.heldout is None else f"{ev.heldout:.4g}")
+            p = ays_progress(opt)
+            bar.n = round(100 * p.fraction, 1)
+            bar.set_postfix_str(f"{p.text()}; KLUB {ev.objective:.4g}"
+                                + ("" if ev.heldout is None else f", held-out {ev.heldout:.4g}"))
     if bar is not None:
         bar.close()
     res = opt.result()

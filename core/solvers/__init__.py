@@ -12,7 +12,8 @@ from core.errors import unknown_name
 from core.solvers.deis import deis
 from core.solvers.ode import dpm_2, dpmpp_2m, dpmpp_3m_lagrange, euler, heun, ipndm, lms
 from core.solvers.sde import (ddim_sde, dpmpp_2m_sde, dpmpp_2s_ancestral, dpmpp_3m, dpmpp_3m_sde, dpmpp_sde,
-                              euler_ancestral)
+                              er_sde, euler_ancestral, res_multistep, res_multistep_ancestral)
+from core.solvers.unipc import uni_pc, uni_pc_bh2
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class SolverSpec:
     order: int
     label: str
     nfe_per_step: int = 1   # 2-stage samplers: 2 (minus one on the final Euler step to sigma = 0)
+    min_steps: int = 1      # fewer steps raise ScheduleLabError (uni_pc: 2)
 
     def nfe(self, steps: int) -> int:
         """Model calls for a schedule of `steps` steps ending in 0 (2-stage samplers: 2n - 1)."""
@@ -53,6 +55,14 @@ SOLVERS = {s.name: s for s in (
     SolverSpec("dpm_2", dpm_2, False, 2, f"DPM-Solver-2; {KD} sample_dpm_2", nfe_per_step=2),
     SolverSpec("lms", lms, False, 4, f"Linear multistep (order 4); {KD} sample_lms"),
     SolverSpec("deis", deis, False, 3, "DEIS-tAB(3); ComfyUI sample_deis ('tab')"),
+    SolverSpec("uni_pc_bh2", uni_pc_bh2, False, 3,
+               "UniPC, B(h) = e^h - 1 (UniP-3 + UniC); ComfyUI sample_unipc_bh2 (ends at sigma 0.001)", min_steps=2),
+    SolverSpec("uni_pc", uni_pc, False, 3,
+               "UniPC, B(h) = h (UniP-3 + UniC); ComfyUI sample_unipc (ends at sigma 0.001)", min_steps=2),
+    SolverSpec("res_multistep", res_multistep, False, 2, "RES 2nd-order multistep; ComfyUI sample_res_multistep"),
+    SolverSpec("res_multistep_ancestral", res_multistep_ancestral, True, 2,
+               "RES multistep ancestral (eta = 1); ComfyUI sample_res_multistep_ancestral"),
+    SolverSpec("er_sde", er_sde, True, 3, "ER-SDE-Solver-3 (VE / EDM); ComfyUI sample_er_sde"),
 )}
 ALIASES = {"ddim": "euler", "dpm++2m": "dpmpp_2m", "dpm++2m_sde": "dpmpp_2m_sde", "dpm++3m": "dpmpp_3m",
            "dpm++3m_sde": "dpmpp_3m_sde", "dpm++sde": "dpmpp_sde", "dpm++2s_a": "dpmpp_2s_ancestral",

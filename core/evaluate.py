@@ -1,8 +1,11 @@
 """Evaluate a schedule on a toy: sample with a solver, score against the exact truth."""
 from __future__ import annotations
 
+import math
+
 import torch
 
+from core.errors import ScheduleLabError
 from core.metrics.toy import kde_nll, mean_ci, mmd_rbf, mode_coverage, nll, sliced_wasserstein
 from core.sampling import generate
 
@@ -28,6 +31,10 @@ def evaluate_toy(model, mixture, schedule, solver: str = "dpmpp_2m", n: int = 20
         nfe, secs = res.nfe, secs + res.seconds
     out = {"nfe": nfe, "seconds": secs, "per_seed": rows, "sigmas": list(schedule.sigmas)}
     for k in ("nll", "swd", "mmd", "kde_nll", "coverage"):
+        bad = [r["seed"] for r in rows if not math.isfinite(r[k])]
+        if bad:
+            raise ScheduleLabError(f"{k} is NaN or inf for seed {bad[0]} (the samples of {schedule.label()} "
+                                   "diverged); nothing is reported: check the model, solver and schedule")
         out[k], out[k + "_ci"] = mean_ci([r[k] for r in rows])
     return out
 

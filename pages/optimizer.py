@@ -125,6 +125,7 @@ def _start():
     knobs = {k: v for k, v in knob_values().items() if k in engine.METHOD_KNOBS[m]}
     try:
         runs.start_run(m, _factory(spec), {**knobs, "toy": cfg["toy"], "model": cfg["model_kind"]}, spec)
+        st.session_state[STARTED_HERE] = id(runs.current_run())   # Resume compares this run's knobs
     except ScheduleLabError as e:
         st.session_state[MSG] = str(e)
 
@@ -135,7 +136,21 @@ def _stop():
         run.stop()
 
 
+STARTED_HERE = "opt_started_here"
+
+
 def _resume():
+    from core.optimizers.resume import knob_changes     # issue 13: a changed knob is not silently ignored
+    run = runs.current_run()
+    if run is not None and st.session_state.get(STARTED_HERE) == id(run):   # started in this session
+        now = {k: v for k, v in knob_values().items() if k in engine.METHOD_KNOBS[run.method]}
+        changed = knob_changes(run.knobs, {**now, "toy": cfg["toy"], "model": cfg["model_kind"]})
+        if changed:
+            st.session_state[MSG] = ("not resumed: " + ", ".join(f"{k} changed from {a!r} to {b!r}"
+                                                                 for k, a, b in changed)
+                                     + " since Stop. Set them back to resume this run, or press Start for a "
+                                     "new run with them")
+            return
     try:
         runs.resume_run(_factory)
     except ScheduleLabError as e:

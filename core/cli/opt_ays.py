@@ -12,6 +12,7 @@ to OUT with `.state.json` in place of `.json`); a killed run continues with --re
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from core.cli import emit
@@ -49,6 +50,8 @@ def add_arguments(p):
     p.add_argument("--distributed", action="store_true", help="split samples over torchrun processes")
     p.add_argument("--resume", default=None, metavar="FILE", help="continue from a saved state")
     p.add_argument("--state", default=None, metavar="FILE", help="where to write the state after every sweep")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing state file that is not resumed (a copy is kept as FILE.bak)")
     p.add_argument("--out", required=True, metavar="SCHEDULE.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true")
@@ -91,10 +94,12 @@ def _model_and_data(a, device):
 def parse_stages(text):
     if text is None:
         return None
+    from core.limits import check_steps
     try:
-        return tuple(int(x) for x in str(text).split(",") if x.strip())
+        stages = tuple(int(x) for x in str(text).split(",") if x.strip())
     except ValueError:
         raise ScheduleLabError(f"--stages must be comma-separated integers such as 10,20,40; got {text!r}") from None
+    return tuple(check_steps(s, "--stages (each stage)") for s in stages)
 
 
 def parse_max_iters(text):
@@ -132,8 +137,18 @@ def _run(a, part, device) -> int:
     from core.optimizers.ays import AYSOptimizer
     from core.optimizers.base import Optimizer
     from core.optimizers.progress import ays_progress
+    from core.optimizers.resume import check_writable, claim_state_path
     from core.schedules import Schedule
 
+    # before any work: the output and state paths are writable, an existing state is never clobbered
+    out = check_writable(a.out, "--out")
+    state_path = Path(a.state or a.resume or out.with_name(out.stem + ".state.json"))
+    if state_path.resolve() == out.resolve():
+        raise ScheduleLabError(f"--state and --out are the same file {str(out)!r}; give the state its own path")
+    saved = Optimizer.read_state(a.resume) if a.resume else None
+    bak = claim_state_path(state_path, a.resume, a.force) if part.is_main else None
+    if bak is not None:
+        print(f"--force: the old state {state_path} is kept as {bak}", file=sys.stderr)
     model, sampler, mix, d, heldout, heldout_fn = _model_and_data(a, device)
     start = Schedule.load(a.start) if a.start.endswith(".json") or Path(a.start).is_file() else a.start
     chunk = a.chunk or d["chunk"] or (DEFAULT_CHUNK if device.type == "cpu" else 1 << 18)
@@ -143,10 +158,8 @@ def _run(a, part, device) -> int:
                        heldout_fn=heldout_fn, patience=d["patience"], heldout_solver=d["solver"],
                        heldout_n=d["heldout_n"], mixture=mix, seed=a.seed, chunk=chunk,
                        dtype=getattr(torch, a.dtype), partition=part)
-    out = Path(a.out)
-    state_path = Path(a.state or a.resume or out.with_name(out.stem + ".state.json"))
-    if a.resume:
-        opt.load_state_dict(Optimizer.read_state(a.resume))
+    if saved is not None:
+        opt.load_state_dict(saved)
     bar = None
     if part.is_main and not a.quiet:
         from tqdm import tqdm

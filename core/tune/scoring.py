@@ -110,11 +110,12 @@ class HeldoutScorer:
         model: the Denoiser; mixture: the exact GaussianMixture (nll) or None.
         solver: solver name; metrics: names from METRICS to measure.
         seeds: one held-out noise seed per batch; n: samples per batch.
-        ref_steps: Heun steps of the reference ("ref"); digits: use the fd features of the test split.
+        ref_steps: Heun steps of the reference ("ref"); image: an image model (fd features, chunked
+            sampling, the on-disk reference cache); refs: a dict to share references between scorers.
     """
 
     def __init__(self, model, solver: str, metrics, seeds, n: int, mixture=None, ref_steps: int = 500,
-                 image: bool = False):
+                 image: bool = False, refs: dict | None = None):
         from core.optimizers.heldout import sampling_model
         self.spec = get_solver(solver)
         bad = [m for m in metrics if m not in METRICS]
@@ -130,7 +131,7 @@ class HeldoutScorer:
         self.model, self.mixture, self.metrics = model, mixture, tuple(metrics)
         self.seeds, self.n, self.ref_steps, self.image = [int(s) for s in seeds], n, int(ref_steps), image
         self._fast = model if image else sampling_model(model)
-        self._refs = {}
+        self._refs = {} if refs is None else refs      # may be shared between scorers of one model
 
     def sample(self, schedule, seed: int) -> torch.Tensor:
         """n samples of `schedule` from the batch's noise z(seed); float64 CPU."""
@@ -142,7 +143,7 @@ class HeldoutScorer:
             return generate(self._fast, schedule, self.n, self.spec.name, seed=seed).x.double().cpu()
 
     def reference(self, seed: int, sigma_max: float) -> torch.Tensor:
-        key = (seed, float(sigma_max))
+        key = (getattr(self.model, "name", ""), seed, float(sigma_max), self.n, self.ref_steps)
         if key not in self._refs:
             if self.image:
                 from core.metrics.images import reference_samples

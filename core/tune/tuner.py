@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from core.errors import ScheduleLabError
 from core.schedules import Schedule
 from core.solvers import get_solver
@@ -110,15 +112,16 @@ class Tuner:
         spec: the model's --model string (for a shipped AYS schedule; digits metrics).
         state_path: JSON state written after every unit (resumed when it exists and matches).
         require_significant: an optimizer wins only when the paired 95 % interval is below 0.
-        table: {name: Method} (default core.tune.methods.default_table()); cache: dict shared
-            between Tuners to reuse schedules (bench).
+        table: {name: Method} (default core.tune.methods.default_table()); cache, refs: dicts shared
+            between Tuners to reuse schedules and reference solutions (bench).
     """
 
     def __init__(self, model, solver: str = "dpmpp_2m", steps: int = 10, methods=("all",), budget_s=None,
                  seed: int = 0, heldout_seeds=None, data=None, metric: str = "auto", state_path=None,
                  spec: str | None = None, n: int | None = None, batches: int | None = None,
                  ref_steps: int | None = None, require_significant: bool = True, table: dict | None = None,
-                 sigma_min: float | None = None, sigma_max: float | None = None, cache: dict | None = None):
+                 sigma_min: float | None = None, sigma_max: float | None = None, cache: dict | None = None,
+                 refs: dict | None = None):
         spec_s = get_solver(solver)
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
             raise ScheduleLabError(f"tune needs an integer steps >= 2; got {steps!r}")
@@ -158,7 +161,7 @@ class Tuner:
         self.table = table if table is not None else default_table()
         self.names = select(self.table, methods)
         self.scorer = HeldoutScorer(model, self.solver, [self.metric] + secondary, self.heldout_seeds, self.n,
-                                    data if toy else None, self.ref_steps, image=not toy)
+                                    data if toy else None, self.ref_steps, image=not toy, refs=refs)
         self.state_path = Path(state_path) if state_path is not None else None
         self.cache = cache
         self.state = self._fresh()
@@ -284,7 +287,7 @@ class Tuner:
 
     def _share(self, name) -> float:
         opts = [n for n in self.names if self.table[n].kind == "optimizer" and n not in self.state["candidates"]]
-        per_score = max(self.state["score_s"]) if self.state["score_s"] else 0.0
+        per_score = float(np.median(self.state["score_s"])) if self.state["score_s"] else 0.0
         left = self.budget_s - self.state["elapsed_s"] - per_score * len(opts)
         return max(0.0, left) / max(1, len(opts))
 

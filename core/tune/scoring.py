@@ -17,7 +17,8 @@ mean +- t half-width (the noise is shared, so the pairing removes most of the ba
 
 Decision (`decide`): an optimizer wins only when its paired difference on the primary metric is
 significantly negative (upper end of the 95 % interval < 0; `require_significant=False` asks only
-for a negative mean), and, when the primary metric is nll and ref was measured, when it is not
+for a negative mean) and larger than round-off (mean < -1e-6 |best heuristic's mean|: with shared
+noise a nudge of 1e-9 gives a "significant" 1e-12), and, when the primary metric is nll and ref was measured, when it is not
 significantly WORSE than the best heuristic on ref (lower end of that interval > 0 rejects it).
 The winner is the lowest primary mean among those; without one, the best heuristic is returned.
 """
@@ -34,6 +35,7 @@ from core.sampling import generate, initial_noise
 from core.solvers import get_solver
 
 METRICS = ("nll", "ref", "fd")
+REL_TOL = 1e-6       # a gain below 1e-6 of the best heuristic's value is round-off (shared noise), not a win
 
 
 def interval(values) -> dict:
@@ -52,13 +54,11 @@ def paired(a, b) -> dict:
     return interval(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
 
 
-def significantly_below_zero(d: dict, require_significant: bool = True) -> bool:
-    """d = paired(...): the upper end of its interval < 0 (or only mean < 0 when not required)."""
-    if d["mean"] is None:
+def significantly_below_zero(d: dict, require_significant: bool = True, tol: float = 0.0) -> bool:
+    """d = paired(...): mean < -tol and the upper end of its interval < 0 (only the mean when not required)."""
+    if d["mean"] is None or not d["mean"] < -tol:
         return False
-    if not require_significant:
-        return d["mean"] < 0
-    return d["ci"] is not None and d["mean"] + d["ci"] < 0
+    return not require_significant or (d["ci"] is not None and d["mean"] + d["ci"] < 0)
 
 
 def significantly_above_zero(d: dict) -> bool:
@@ -81,6 +81,7 @@ def decide(scores: dict, kinds: dict, primary: str, require_significant: bool = 
         raise ScheduleLabError(f"no heuristic gave a finite {primary} on the held-out noise; check the model "
                                "and the solver (every heuristic diverged)")
     best_h = min(heur, key=lambda c: interval(scores[c][primary])["mean"])
+    tol = REL_TOL * abs(interval(scores[best_h][primary])["mean"])
     rows, winners = {}, []
     for c, sc in scores.items():
         row = {"primary": interval(sc[primary]), "diff": paired(sc[primary], scores[best_h][primary]),
@@ -90,8 +91,8 @@ def decide(scores: dict, kinds: dict, primary: str, require_significant: bool = 
         if kinds[c] == "optimizer":
             if row["primary"]["mean"] is None:
                 row["why"] = "diverged on some held-out batch"
-            elif not significantly_below_zero(row["diff"], require_significant):
-                row["why"] = ("not better than the best heuristic" if row["diff"]["mean"] >= 0 else
+            elif not significantly_below_zero(row["diff"], require_significant, tol):
+                row["why"] = ("not better than the best heuristic" if row["diff"]["mean"] >= -tol else
                               "better on average, but the 95 % interval of the paired difference includes 0")
             elif row["guard_diff"] is not None and significantly_above_zero(row["guard_diff"]):
                 row["why"] = f"better on {primary} but significantly worse on {guard} (collapse guard)"

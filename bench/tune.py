@@ -20,6 +20,7 @@ and NFE and reused across solvers (their time is reported once).  Writes bench/r
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,8 @@ def run(args):
                 tn = Tuner(model, solver, steps, methods=methods, data=mix, spec=spec, cache=cache, refs=refs, **kw)
                 res = None
                 for ev in tn.events():
+                    if args.verbose:
+                        print("   ", ev.message, flush=True)
                     if ev.done:
                         res = ev.extra["result"]
                 wall = time.perf_counter() - t0
@@ -117,7 +120,15 @@ def steps_to_match(label, solver, per_nfe, nfes, metric):
 
 
 def _save(args, runs, rows, match):
-    write(args.out, {"settings": vars(args), "runs": runs, "methods": rows, "steps_to_match": match})
+    old = {"runs": [], "methods": [], "steps_to_match": [], "settings": []}
+    path = Path(__file__).parent / "results" / f"{args.out}.json"
+    if args.append and path.is_file() and getattr(args, "_old", None) is None:
+        args._old = {k: v for k, v in json.loads(path.read_text()).items() if k in old}
+    old = getattr(args, "_old", None) or old
+    settings = old["settings"] if isinstance(old["settings"], list) else [old["settings"]]
+    write(args.out, {"settings": settings + [{k: v for k, v in vars(args).items() if k != "_old"}],
+                     "runs": old["runs"] + runs, "methods": old["methods"] + rows,
+                     "steps_to_match": old["steps_to_match"] + match})
 
 
 def main(argv=None):
@@ -128,12 +139,14 @@ def main(argv=None):
     p.add_argument("--solvers", default="dpmpp_2m,euler,heun,dpmpp_3m")
     p.add_argument("--nfe", default="4,6,8,10")
     p.add_argument("--methods", default="all")
-    p.add_argument("--n", type=int, default=4096, help="toy samples per held-out batch")
+    p.add_argument("--n", type=int, default=1024, help="toy samples per held-out batch")
     p.add_argument("--image-n", type=int, default=250, help="digits samples per held-out batch")
     p.add_argument("--batches", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="n 1024, 3 batches, dpmpp_2m, NFE 6,10")
     p.add_argument("--out", default="tune")
+    p.add_argument("--append", action="store_true", help="add to bench/results/OUT.json instead of replacing it")
+    p.add_argument("--verbose", action="store_true", help="print every unit")
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.batches, args.solvers, args.nfe = 1024, 3, "dpmpp_2m", "6,10"

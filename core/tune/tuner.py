@@ -34,7 +34,7 @@ from core.tune.scoring import HeldoutScorer, decide, interval, paired
 
 STATE_FORMAT = "schedule-lab/tune-state/1"
 OPT_SEEDS = 16                   # optimizers draw seeds seed .. seed + 15 (TuneContext.opt_seed)
-DEFAULTS = {"toy": {"n": 4096, "batches": 5, "ref_steps": 500}, "image": {"n": 250, "batches": 4, "ref_steps": 50}}
+DEFAULTS = {"toy": {"n": 2048, "batches": 5, "ref_steps": 500}, "image": {"n": 250, "batches": 4, "ref_steps": 50}}
 
 
 @dataclass
@@ -137,6 +137,7 @@ class Tuner:
             from core.models.registry import model_entry
             e = model_entry(spec or getattr(model, "name", ""))
             digits = e is not None and e.metrics == "digits"
+            spec = spec or (e.name if e is not None else None)
             if data is None:
                 from core.models.registry import model_data
                 data = model_data(spec or getattr(model, "name", ""), model)

@@ -64,8 +64,8 @@ def test_interval_and_paired_difference_match_a_hand_computation():
     scores["o"]["nll"] = [1.0, 1.4, 3.6]
     assert decide(scores, kinds, "nll")[0] == "o"
     # the collapse guard: better nll but significantly worse distance to the reference is refused
-    scores["h"]["ref"], scores["o"]["ref"] = [0.1, 0.2, 0.3], [0.3, 0.41, 0.5]
-    w, _, rows = decide(scores, kinds, "nll", guard="ref")
+    scores["h"]["swd"], scores["o"]["swd"] = [0.1, 0.2, 0.3], [0.3, 0.41, 0.5]
+    w, _, rows = decide(scores, kinds, "nll", guard="swd")
     assert w == "h" and "collapse guard" in rows["o"]["why"]
 
 
@@ -163,7 +163,7 @@ def test_cli_json_smoke_and_resume(tmp_path, capsys):
     s = Schedule.load(out)
     names = [r["name"] for r in d["table"]]
     assert d["winner"] in names and s.name == d["winner"] and s.steps == 4 and s.solver == "dpmpp_2m"
-    assert d["metric"] == "nll" and d["guard"] == "ref" and "karras" in names and "nonuniform" in names
+    assert d["metric"] == "nll" and d["guard"] == "swd" and "karras" in names and "nonuniform" in names
     assert json.loads(out.read_text())["tune"]["best_heuristic"] == d["best_heuristic"]
     assert main(argv + ["--resume"]) == 0                      # a finished state resumes to the same answer
     assert json.loads(capsys.readouterr().out)["sigmas"] == d["sigmas"]

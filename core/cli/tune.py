@@ -29,8 +29,8 @@ def register(sub):
     p.add_argument("--methods", default="all", help="all, or comma-separated optimizers (heuristics always run): "
                                                     "ays, nonuniform, score_optimal, gits, oss, ays_shipped")
     p.add_argument("--budget-s", type=float, default=None, help="wall-clock budget in seconds for the whole run")
-    p.add_argument("--metric", default="auto", choices=["auto", "nll", "ref", "fd"],
-                   help="auto: nll for toys (guarded by ref), fd for digits, else ref")
+    p.add_argument("--metric", default="auto", choices=["auto", "nll", "ref", "fd", "swd"],
+                   help="auto: nll for toys (guarded by swd, ref reported), fd for digits, else ref")
     p.add_argument("--n", type=int, default=None, help="held-out samples per batch (toys 2048, images 250)")
     p.add_argument("--batches", type=int, default=None, help="held-out seed batches (toys 5, images 4)")
     p.add_argument("--ref-steps", type=int, default=None, help="Heun steps of the reference (toys 500, images 50)")

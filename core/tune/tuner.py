@@ -108,7 +108,7 @@ class Tuner:
         seed: first optimization seed; heldout_seeds: one seed per held-out batch (default: `batches`
             seeds from 1_000_000 + 1000 seed); n: samples per batch.
         data: toys: the GaussianMixture (default model.mixture); images: an x0 sampler (ImageData).
-        metric: "auto" (toys nll, digits fd, else ref) | "nll" | "ref" | "fd".
+        metric: "auto" (toys nll guarded by swd, digits fd, else ref) | "nll" | "ref" | "fd" | "swd".
         spec: the model's --model string (for a shipped AYS schedule; digits metrics).
         state_path: JSON state written after every unit (resumed when it exists and matches).
         require_significant: an optimizer wins only when the paired 95 % interval is below 0.
@@ -175,14 +175,14 @@ class Tuner:
         """(primary, guard, [secondary metrics measured too])."""
         if metric == "auto":
             metric = "nll" if toy else ("fd" if digits else "ref")
-        if metric not in ("nll", "ref", "fd"):
-            raise ScheduleLabError(f"unknown tune metric {metric!r}; choose auto, nll, ref or fd")
+        if metric not in ("nll", "ref", "fd", "swd"):
+            raise ScheduleLabError(f"unknown tune metric {metric!r}; choose auto, nll, ref, fd or swd")
         if metric == "fd" and not digits:
             raise ScheduleLabError("metric 'fd' needs a model with the digits classifier metrics (digits)")
-        if metric == "nll" and not toy:
-            raise ScheduleLabError("metric 'nll' needs a 2-D toy with its exact mixture")
-        secondary = [] if stochastic or metric == "ref" else ["ref"]
-        return metric, ("ref" if metric == "nll" and secondary else None), secondary
+        if metric in ("nll", "swd") and not toy:
+            raise ScheduleLabError(f"metric {metric!r} needs a 2-D toy with its exact mixture")
+        secondary = [m for m in (["swd"] if toy else []) + ([] if stochastic else ["ref"]) if m != metric]
+        return metric, ("swd" if metric == "nll" else None), secondary
 
     def config(self) -> dict:
         return {"model": getattr(self.ctx.model, "name", "model"), "solver": self.solver, "steps": self.steps,

@@ -131,6 +131,16 @@ def _save(args, runs, rows, match):
                      "steps_to_match": old["steps_to_match"] + match})
 
 
+def print_tables(runs, rows, match):
+    print(table(runs, list(runs[0]) if runs else [], "tune: winner vs best heuristic (held-out, paired 95 %)"))
+    mrows = [{**r, "value": fmt(r["value"], r["ci"], r["status"]), "diff": fmt(r["diff"], r["diff_ci"], r["status"]),
+              "ref": fmt(r.get("ref"), r.get("ref_ci"), r["status"]), "opt_s": round(r["opt_s"], 2)}
+             for r in rows if r["kind"] == "optimizer" and r["status"] == "ok"]
+    print(table(mrows, ["model", "solver", "NFE", "method", "value", "diff", "ref", "opt_s", "wins", "reason"],
+                "optimizers: held-out metric, paired difference to the best heuristic, distance to the reference"))
+    print(table(match, list(match[0]) if match else [], "steps to match (NFE)"))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--toys", default="grid8x8,ring8,moons")
@@ -147,16 +157,21 @@ def main(argv=None):
     p.add_argument("--out", default="tune")
     p.add_argument("--append", action="store_true", help="add to bench/results/OUT.json instead of replacing it")
     p.add_argument("--verbose", action="store_true", help="print every unit")
+    p.add_argument("--merge", default=None, help="comma-separated result names to merge into OUT (no run)")
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.batches, args.solvers, args.nfe = 1024, 3, "dpmpp_2m", "6,10"
-    runs, rows, match = run(args)
-    print(table(runs, list(runs[0]) if runs else [], "tune: winner vs best heuristic (held-out, paired 95 %)"))
-    mrows = [{**r, "value": fmt(r["value"], r["ci"], r["status"]), "diff": fmt(r["diff"], r["diff_ci"], r["status"]),
-              "opt_s": round(r["opt_s"], 2)} for r in rows if r["kind"] == "optimizer"]
-    print(table(mrows, ["model", "solver", "NFE", "method", "status", "value", "diff", "opt_s", "wins"],
-                "optimizers: held-out metric and paired difference to the best heuristic"))
-    print(table(match, list(match[0]) if match else [], "steps to match (NFE)"))
+    if args.merge:
+        runs, rows, match, settings = [], [], [], []
+        for name in args.merge.split(","):
+            d = json.loads((Path(__file__).parent / "results" / f"{name}.json").read_text())
+            runs, rows, match = runs + d["runs"], rows + d["methods"], match + d["steps_to_match"]
+            settings += d["settings"] if isinstance(d["settings"], list) else [d["settings"]]
+        write(args.out, {"settings": settings, "merged_from": args.merge.split(","), "runs": runs, "methods": rows,
+                         "steps_to_match": match})
+    else:
+        runs, rows, match = run(args)
+    print_tables(runs, rows, match)
     print("wrote", Path(__file__).parent / "results" / f"{args.out}.json")
 
 

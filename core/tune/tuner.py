@@ -336,9 +336,10 @@ class Tuner:
             table.append(row)
         wk = kinds[winner]
         if wk == "heuristic":
-            beaten = [n for n in rows if kinds[n] == "optimizer"]
+            asked = [n for n in self.names if self.table[n].kind == "optimizer"]
+            scored = [n for n in rows if kinds[n] == "optimizer"]
             reason = (f"no optimizer beat the best heuristic {best_h} on held-out {self.metric}; returning it"
-                      + ("" if beaten else " (no optimizer produced a schedule)"))
+                      + ("" if scored else " (no optimizer produced a schedule)" if asked else " (heuristics only)"))
         else:
             r = rows[winner]["diff"]
             ci = "" if r["ci"] is None else f" +- {r['ci']:.3g}"

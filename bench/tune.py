@@ -92,7 +92,8 @@ def run(args):
                     rows.append({"model": label, "solver": solver, "NFE": nfe, "method": r["name"], "kind": r["kind"],
                                  "status": r["status"], "value": r.get(m), "ci": r.get(m + "_ci"),
                                  "diff": r.get("diff"), "diff_ci": r.get("diff_ci"), "ref": r.get("ref"),
-                                 "ref_ci": r.get("ref_ci"), "opt_s": r["seconds"], "wins": r.get("wins", False),
+                                 "ref_ci": r.get("ref_ci"), "swd": r.get("swd"), "swd_diff": r.get("swd_diff"),
+                                 "swd_diff_ci": r.get("swd_diff_ci"), "opt_s": r["seconds"], "wins": r.get("wins", False),
                                  "reason": r["reason"] or r.get("why", ""), "metric": m})
                 print(f"{label} {solver} NFE {nfe}: {res.reason} ({wall:.1f} s)", flush=True)
             match += steps_to_match(label, solver, per_nfe, nfes, m)

@@ -96,6 +96,7 @@ def run(args):
                                  "swd_diff_ci": r.get("swd_diff_ci"), "opt_s": r["seconds"], "wins": r.get("wins", False),
                                  "reason": r["reason"] or r.get("why", ""), "metric": m})
                 print(f"{label} {solver} NFE {nfe}: {res.reason} ({wall:.1f} s)", flush=True)
+                _save(args, runs, rows, match)                     # a killed bench keeps every finished run
             match += steps_to_match(label, solver, per_nfe, nfes, m)
             _save(args, runs, rows, match)
     return runs, rows, match

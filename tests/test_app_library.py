@@ -73,7 +73,7 @@ def test_a_corrupt_library_file_is_set_aside_with_a_warning(app_home):
     ('{"format": "schedule-lab/library/1", "schedules": {}}', "must be a list"),
     ('{"format": "schedule-lab/library/1", "schedules": [{"label": 3, "schedule": {}}]}', "'label' string"),
     ('{"format": "schedule-lab/library/1", "schedules": [{"label": "a", "schedule": {"sigmas": [1, "x", 0]}}]}',
-     "list of numbers"),
+     r"'sigmas'\[1\] must be a number; got 'x'"),
     ('{"format": "schedule-lab/library/1", "schedules": [{"label": "a", "schedule": {"sigmas": [1, 0], '
      '"params": [1]}}]}', "bad 'params'"),
 ])

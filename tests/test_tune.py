@@ -146,7 +146,8 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, k, full):
     t2 = Tuner(_model(), "dpmpp_2m", 4, state_path=path, **kw)
     evs = list(t2.events())
     res = evs[-1].extra["result"]
-    assert len(evs) == len(t2.units()) - k + 1 and done_before == min(k, 8)
+    n_heuristics = sum(1 for m in default_table().values() if m.kind == "heuristic")   # scored before any optimizer
+    assert len(evs) == len(t2.units()) - k + 1 and done_before == min(k, n_heuristics)
     assert res.schedule.sigmas == full.schedule.sigmas and res.winner == full.winner
     assert _strip(res) == _strip(full)
     with pytest.raises(ScheduleLabError, match="steps"):
@@ -167,4 +168,11 @@ def test_cli_json_smoke_and_resume(tmp_path, capsys):
     assert json.loads(out.read_text())["tune"]["best_heuristic"] == d["best_heuristic"]
     assert main(argv + ["--resume"]) == 0                      # a finished state resumes to the same answer
     assert json.loads(capsys.readouterr().out)["sigmas"] == d["sigmas"]
-    assert main(["tune", "--toy", "ring8", "--steps", "4", "--metric", "fd", "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert main(argv) == 2                                     # an existing state is never clobbered ...
+    assert "--resume" in capsys.readouterr().err
+    assert main(argv + ["--force"]) == 0                       # ... unless forced, which keeps a .bak
+    assert (tmp_path / "t.state.json.bak").is_file()
+    capsys.readouterr()
+    assert main(["tune", "--toy", "ring8", "--steps", "4", "--metric", "fd", "--out", str(tmp_path / "u.json")]) == 2
+    assert "fd" in capsys.readouterr().err

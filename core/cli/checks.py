@@ -53,7 +53,7 @@ def validate_args(a) -> None:
         check_writable(a.out, "--out")
     if g("state") is not None:
         check_writable(a.state, "--state")
-    if g("resume") is not None and not Path(a.resume).is_file():
+    if isinstance(g("resume"), str) and not Path(a.resume).is_file():
         raise ScheduleLabError(f"--resume {a.resume!r}: no such state file; start without --resume")
     for k in ("param", "schedule_param"):
         for item in g(k) or []:

@@ -4,6 +4,7 @@
     python -m core tune --toy moons --model mlp --solver heun --steps 5 --methods ays,nonuniform --out t.json
     python -m core tune --model digits --solver dpmpp_2m --steps 10 --budget-s 600 --out digits10.json
     python -m core tune ... --out t.json --resume            # continue a killed run from its state
+    python -m core tune ... --out t.json --force             # start afresh (the old state is kept as .bak)
 
 Runs every heuristic and the chosen optimizers (core.tune), scores them on held-out noise with
 the model's metric, and writes the winner as a Schedule JSON with the whole leaderboard under
@@ -43,7 +44,10 @@ def register(sub):
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, metavar="SCHEDULE.json")
     p.add_argument("--state", default=None, metavar="FILE", help="state file (default OUT.state.json)")
-    p.add_argument("--resume", action="store_true", help="continue from the state file (else it is started afresh)")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="STATE",
+                   help="continue from the state file (--state, or the one given here)")
+    p.add_argument("--force", action="store_true",
+                   help="start afresh over an existing state file (the old one is kept as STATE.bak)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -61,11 +65,17 @@ def run(a) -> int:
             raise ScheduleLabError(f"--threads must be >= 1; got {a.threads}")
         torch.set_num_threads(a.threads)
     out = Path(a.out)
-    state = Path(a.state) if a.state else out.with_name(out.stem + ".state.json")
-    if a.resume and not state.is_file():
-        raise ScheduleLabError(f"--resume: no state at {state}; run without --resume to start")
-    if not a.resume and state.exists():
-        state.unlink()
+    from core.optimizers.resume import check_writable, claim_state_path
+    check_writable(out, "--out")
+    state = Path(a.resume if isinstance(a.resume, str) else a.state or out.with_name(out.stem + ".state.json"))
+    if a.resume:
+        if not state.is_file():
+            raise ScheduleLabError(f"--resume: no state at {state}; run without --resume to start")
+    else:                                  # never clobber a state without being asked (issue 13)
+        bak = claim_state_path(state, None, a.force)
+        if bak is not None:
+            print(f"--force: the old state {state} is kept as {bak}", file=sys.stderr)
+            state.unlink()
     mc = resolve_model(a, resolve_device(a.device), "tune")
     t = Tuner(mc.model, a.solver, a.steps, methods=a.methods, budget_s=a.budget_s, seed=a.seed,
               data=mc.data, metric=a.metric, state_path=state, spec=None if mc.toy else a.model, n=a.n,

@@ -91,7 +91,8 @@ HEURISTICS = [
     _heuristic("karras", "karras"), _heuristic("loglinear", "loglinear"),
     _heuristic("polyexponential", "polyexponential"), _heuristic("time_uniform", "time_uniform"),
     _heuristic("time_quadratic", "time_quadratic"), _heuristic("kl_optimal", "kl_optimal", c=_sigma_data),
-    _heuristic("kl_optimal", "kl_optimal_c1", c=1.0), _heuristic("beta", "beta"),
+    _heuristic("kl_optimal", "kl_optimal_c1", c=1.0), _heuristic("beta_vp", "beta_vp"),
+    _heuristic("laplace", "laplace"),
 ]
 
 
@@ -205,6 +206,9 @@ def _lazy(module: str, fn: str):
             importlib.import_module(f"core.optimizers.{module}")
         except ImportError:
             return f"not available: core.optimizers.{module} is not in this build"
+        from core.optimizers.steppers import ALIASES, STEPPERS
+        if ALIASES.get(ctx.solver, ctx.solver) not in STEPPERS:
+            return f"{module} has steppers for {', '.join(STEPPERS)} only, not {ctx.solver}"
         return _interior(ctx)
 
     def run(ctx, seed, deadline):
@@ -217,6 +221,7 @@ def _lazy(module: str, fn: str):
 
 _GITS, _GITS_APPLIES = _lazy("gits", "optimize_gits")
 _OSS, _OSS_APPLIES = _lazy("oss", "optimize_oss")
+_LD3, _LD3_APPLIES = _lazy("ld3", "optimize_ld3")
 
 
 def _toy_or_image(toy_s, image_s):
@@ -235,6 +240,8 @@ OPTIMIZERS = [
            solver_dependent=True, note="GITS (Chen et al. 2024)"),
     Method("oss", "optimizer", _OSS, applies=_OSS_APPLIES, min_s=_toy_or_image(2.0, 60.0),
            solver_dependent=True, note="Optimal Stepsize, OSS-ave (Pei et al. 2025)"),
+    Method("ld3", "optimizer", _LD3, applies=_LD3_APPLIES, min_s=_toy_or_image(3.0, 120.0),
+           solver_dependent=True, note="LD3 (Tong et al. 2024), the reference's recipe, L2 loss"),
     Method("ays", "optimizer", _run_ays, applies=_interior, min_s=_toy_or_image(3.0, 60.0), solver_dependent=True,
            note="Align Your Steps, one stage, significant moves only, early stopping (toys: swd; digits: FD to "
                 "the training split) on optimization seeds"),

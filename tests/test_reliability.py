@@ -106,6 +106,27 @@ def test_ays_with_an_inf_heldout_stops_instead_of_converging():
         list(opt.events())
 
 
+def test_ays_keeps_running_when_a_declared_guard_rejects_a_sweep_with_inf():
+    """+inf is "never keep this sweep" only from a metric that says so (tune's collapse guard); the run goes
+    on, and no rejected sweep becomes the best one."""
+    from core.optimizers.ays import AYSOptimizer
+    mix = get_toy("gaussian")
+    calls = []
+
+    class Guard:
+        inf_rejects = True
+
+        def __call__(self, s):
+            calls.append(s)
+            return 1.0 if len(calls) == 1 else math.inf        # the start is fine, every later sweep rejected
+
+    opt = AYSOptimizer(MixtureDenoiser(mix), mix.sample, steps=4, stages=(4,), n_samples=64, max_iters=3,
+                       patience=2, heldout_fn=Guard(), significance=0.0)
+    evs = list(opt.events())
+    assert len(calls) >= 2 and evs[-1].done
+    assert opt.finest().sigmas == calls[0].sigmas                # the kept schedule is the only accepted one
+
+
 def test_images_with_a_nan_model_exits_nonzero_instead_of_printing_ref_error_nan(capsys, net):
     rc, out, err = cli(capsys, "images", "--model", f"{net / 'net.py'}:Net", "--weights", net / "w.pt", *IMG,
                        "--param", "nan=true", "--schedule", "karras", "--steps", 3, "--solver", "euler",

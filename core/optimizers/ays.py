@@ -104,7 +104,8 @@ class AYSOptimizer(Optimizer):
         max_iters: sweep cap per stage (paper: < 300), or one cap per stage (a list as long as stages).
         heldout: "auto" (kde_nll with a known mixture, which a collapsed sample cannot win, unlike nll;
             else ref_error) | "kde_nll" | "nll" | "swd" | "ref_error" | None.
-        heldout_fn: schedule -> float (lower is better); overrides `heldout`.
+        heldout_fn: schedule -> float (lower is better); overrides `heldout`. It may return +inf for "never
+            keep this sweep" only when it has `inf_rejects = True` (a guard); any other non-finite value stops the run.
         patience: first-stage sweeps without held-out improvement before stopping early (8: on
             grid8x8 the NLL plateaus for up to 5 sweeps before improving again; bench/ays.py).
         min_delta: held-out improvement smaller than this does not count.
@@ -347,7 +348,8 @@ class AYSOptimizer(Optimizer):
         if not (math.isfinite(total) and math.isfinite(total_se)):
             raise ScheduleLabError(f"{where}: the KLUB objective is {total}; the run is stopped (check the model "
                                    "and the data sampler)")
-        if h is not None and not math.isfinite(h):
+        rejected = h == math.inf and getattr(self._metric, "inf_rejects", False)   # a guard's "never keep this"
+        if h is not None and not math.isfinite(h) and not rejected:
             raise ScheduleLabError(f"{where}: the held-out metric {self.heldout} is {h}; the run is stopped (the "
                                    "samples diverged: check the model, the solver and the sigma range)")
         levels = list(self._levels if levels is None else levels)

@@ -137,6 +137,7 @@ class GuardedNLL:
     sweep that collapses the samples onto a few modes cannot be kept for its nll."""
 
     GUARD = 1.25
+    inf_rejects = True            # AYS: +inf from this metric means "never keep this sweep", not a diverged run
 
     def __init__(self, model, mixture, solver, n, seed):
         from core.optimizers.heldout import sampling_model

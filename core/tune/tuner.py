@@ -130,8 +130,10 @@ class Tuner:
         if data is None and _is_mixture(model):
             data = model.mixture
         toy = len(getattr(model, "event_shape", (2,))) == 1
-        if toy and data is None:
-            raise ScheduleLabError("a 2-D model needs its data mixture (data=get_toy(name)) for nll and the optimizers")
+        if toy and (data is None or not hasattr(data, "log_prob")):
+            raise ScheduleLabError("tune on a 2-D model needs its data as a Gaussian mixture (data=get_toy(name) or "
+                                   "GaussianMixture.from_json(FILE)) for nll, swd and the optimizers; from the "
+                                   "command line only the toys (--toy NAME|FILE.json --model exact|mlp) are supported")
         digits = False
         if not toy:
             from core.models.registry import model_entry

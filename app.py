@@ -1,10 +1,11 @@
 """Schedule Lab: how the sampling schedule changes what a diffusion sampler does.
 
 Run with `make app` (or `streamlit run app.py`). Five pages share one sidebar (device, seed,
-toy and toy model); every number on them comes from the engine in core/.
+toy and toy model, the optimizer run's progress); every number on them comes from the engine in core/.
 """
 import streamlit as st
 
+from app_lib.runs import run_indicator
 from app_lib.state import sidebar
 
 st.set_page_config(page_title="Schedule Lab", layout="wide")
@@ -19,4 +20,5 @@ PAGES = [
 
 page = st.navigation(PAGES)
 sidebar()
+run_indicator()          # the session's optimizer run, on every page
 page.run()

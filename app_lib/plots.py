@@ -25,6 +25,25 @@ def _positive(sigmas) -> np.ndarray:
     return s[s > 0]
 
 
+def sigma_ticks(values, max_ticks: int = 10) -> dict:
+    """Tick marks for a log-sigma axis at 1-2-5 x 10^k only (decades alone when that gives more than
+    `max_ticks`), over the positive `values` the axis shows; plotly's defaults crowd such axes with
+    every digit. Returns dict(tickvals, ticktext) for update_xaxes / update_yaxes ({} when fewer than
+    two such ticks fall in the range: plotly's own ticks then)."""
+    v = _positive(np.concatenate([np.ravel(np.asarray(a, dtype=np.float64)) for a in values]) if len(values) else [])
+    if v.size == 0:
+        return {}
+    lo, hi = float(v.min()) / 1.001, float(v.max()) * 1.001
+    ks = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    for mant in ((1, 2, 5), (1,)):
+        ticks = [m * 10.0 ** k for k in ks for m in mant if lo <= m * 10.0 ** k <= hi]
+        if len(ticks) <= max_ticks:
+            break
+    if len(ticks) < 2:                                                 # a narrow range: plotly's own ticks
+        return {}
+    return {"tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]}
+
+
 # ---------------------------------------------------------------- toys
 def density_trace(grid: dict) -> go.Heatmap:
     """The exact log-density as a heatmap (clipped 12 nats below its peak so the modes show)."""
@@ -45,15 +64,22 @@ def samples_fig(grid: dict, x: np.ndarray, title: str, max_points: int = 3000) -
     return _layout(fig, title, height=420, showlegend=False)
 
 
-def trajectory_fig(grid: dict, traj: np.ndarray, step: int, sigmas, title: str) -> go.Figure:
-    """Paths [steps + 1, k, 2] of k samples up to `step`, with their positions at that step."""
-    traj = np.asarray(traj)
-    step = int(min(max(step, 0), traj.shape[0] - 1))
+def _paths_and_now(traj: np.ndarray, step: int) -> tuple:
+    """(paths [m, 2] up to `step`, split per sample by NaN rows; positions [k, 2] at `step`)."""
     path = traj[: step + 1]                                          # [step + 1, k, 2]
     k = path.shape[1]
     sep = np.full((1, k, 2), np.nan)
-    lines = np.concatenate([path, sep]).transpose(1, 0, 2).reshape(-1, 2)  # paths split by NaN
-    now = traj[step]
+    return np.concatenate([path, sep]).transpose(1, 0, 2).reshape(-1, 2), traj[step]
+
+
+def trajectory_fig(grid: dict, traj: np.ndarray, step: int, sigmas, title: str, animate: bool = False) -> go.Figure:
+    """Paths [steps + 1, k, 2] of k samples up to `step`, with their positions at that step.
+
+    animate: also one plotly frame per step (0 .. steps) and Play / Pause buttons that run them in
+    the browser (no rerun); the figure shows `step` until Play is pressed."""
+    traj = np.asarray(traj)
+    step = int(min(max(step, 0), traj.shape[0] - 1))
+    lines, now = _paths_and_now(traj, step)
     fig = go.Figure([density_trace(grid),
                      go.Scatter(x=lines[:, 0], y=lines[:, 1], mode="lines", name="paths",
                                 line=dict(width=1, color="rgba(80,80,80,0.5)"), connectgaps=False),
@@ -62,8 +88,23 @@ def trajectory_fig(grid: dict, traj: np.ndarray, step: int, sigmas, title: str) 
     lo, hi = grid["extent"]
     fig.update_xaxes(range=[lo, hi], constrain="domain")
     fig.update_yaxes(range=[lo, hi], scaleanchor="x")
-    sig = float(sigmas[step])
-    return _layout(fig, f"{title}: step {step}, sigma = {sig:.4g}", height=420, showlegend=False)
+    head = lambda k: f"{title}: step {k}, sigma = {float(sigmas[k]):.4g}"   # noqa: E731
+    if animate:
+        frames = []
+        for k in range(traj.shape[0]):
+            ln, nw = _paths_and_now(traj, k)
+            frames.append(go.Frame(name=str(k), traces=[1, 2], layout=dict(title=dict(text=head(k))),
+                                   data=[go.Scatter(x=ln[:, 0], y=ln[:, 1]), go.Scatter(x=nw[:, 0], y=nw[:, 1])]))
+        fig.frames = frames
+        play = dict(frame=dict(duration=500, redraw=False), transition=dict(duration=0), fromcurrent=False,
+                    mode="immediate")
+        pause = dict(frame=dict(duration=0, redraw=False), transition=dict(duration=0), mode="immediate")
+        fig.update_layout(updatemenus=[dict(type="buttons", direction="left", x=0.0, y=-0.02, xanchor="left",
+                                            yanchor="top", showactive=False,
+                                            buttons=[dict(label="▶ Play", method="animate", args=[None, play]),
+                                                     dict(label="❚❚ Pause", method="animate",
+                                                          args=[[None], pause])])])
+    return _layout(fig, head(step), height=420 + (40 if animate else 0), showlegend=False)
 
 
 # ---------------------------------------------------------------- schedules
@@ -75,7 +116,8 @@ def schedule_points_fig(schedules: dict, title: str = "Schedule points on a log-
         fig.add_trace(go.Scatter(x=pos, y=[label] * len(pos), mode="markers+lines", name=label,
                                  marker=dict(size=9, color=color(i)), line=dict(width=1, color=color(i)),
                                  hovertemplate="sigma = %{x:.4g}<extra>" + label + "</extra>"))
-    fig.update_xaxes(type="log", title="sigma (log scale; the final step jumps to 0)")
+    fig.update_xaxes(type="log", title="sigma (log scale; the final step jumps to 0)",
+                     **sigma_ticks([s.sigmas for s in schedules.values()]))
     return _layout(fig, title, height=140 + 40 * len(schedules), showlegend=False)
 
 
@@ -87,15 +129,36 @@ def schedules_fig(schedules: dict, title: str = "Schedules") -> go.Figure:
         frac = np.arange(len(pos)) / max(s.steps, 1)
         fig.add_trace(go.Scatter(x=frac, y=pos, mode="lines+markers", name=label,
                                  marker=dict(color=color(i), size=6), line=dict(color=color(i))))
-    fig.update_yaxes(type="log", title="sigma")
+    fig.update_yaxes(type="log", title="sigma", **sigma_ticks([s.sigmas for s in schedules.values()]))
     fig.update_xaxes(title="step / steps")
     return _layout(fig, title, height=460)
 
 
+def editor_fig(original, edited, selected=None, title: str = "Levels (click a point to pick it)") -> go.Figure:
+    """The editor's chart: positive levels (log y) against their row, the edited levels first
+    (trace 0, "edited": the one plotly selection events pick from), the original dotted, and
+    the picked row ringed ("picked")."""
+    lo, ed = _positive(original), np.asarray(edited, dtype=np.float64)
+    fig = go.Figure([go.Scatter(x=np.arange(len(ed)), y=ed, mode="lines+markers", name="edited",
+                                marker=dict(size=10, color=color(1)), line=dict(color=color(1)),
+                                hovertemplate="row %{x}: sigma = %{y:.5g}<extra>edited</extra>"),
+                     go.Scatter(x=np.arange(len(lo)), y=lo, mode="lines+markers", name="original",
+                                marker=dict(size=6, color="gray"), line=dict(color="gray", dash="dot"),
+                                hoverinfo="skip")])
+    if selected is not None and 0 <= int(selected) < len(ed):
+        fig.add_trace(go.Scatter(x=[int(selected)], y=[ed[int(selected)]], mode="markers", name="picked",
+                                 marker=dict(size=18, color="rgba(0,0,0,0)", line=dict(width=2, color="black")),
+                                 hoverinfo="skip"))
+    fig.update_yaxes(type="log", title="sigma", **sigma_ticks([lo, ed]))
+    fig.update_xaxes(title="row (0 = sigma_max)", dtick=1)
+    return _layout(fig, title, height=360)        # (Streamlit's on_select sets clickmode and dragmode)
+
+
 # ---------------------------------------------------------------- per-interval curves
-def interval_bars_fig(curves: dict, cost_key: str, title: str, ytitle: str, err_key=None) -> go.Figure:
+def interval_bars_fig(curves: dict, cost_key: str, title: str, ytitle: str, err_key=None,
+                      log_y: bool = False) -> go.Figure:
     """Per-interval cost as bars: one group per schedule, x = interval index from sigma_max;
-    whiskers from `err_key` (e.g. a standard error) when given."""
+    whiskers from `err_key` (e.g. a standard error) when given; a log y axis with `log_y`."""
     fig = go.Figure()
     for i, (label, c) in enumerate(curves.items()):
         v = np.asarray(c[cost_key], dtype=np.float64)
@@ -105,17 +168,17 @@ def interval_bars_fig(curves: dict, cost_key: str, title: str, ytitle: str, err_
                              error_y=err, hovertext=text, hovertemplate="interval %{x} %{hovertext}: %{y:.4g}"))
     fig.update_layout(barmode="group")
     fig.update_xaxes(title="interval (1 = noisiest)", dtick=1)
-    fig.update_yaxes(title=ytitle)
+    fig.update_yaxes(title=ytitle + (" (log scale)" if log_y else ""), type="log" if log_y else "linear")
     return _layout(fig, title)
 
 
-def density_fig(curves: dict, xkey: str, ykey: str, title: str, ytitle: str) -> go.Figure:
-    """A cost density over sigma (log axis), one line per schedule."""
+def density_fig(curves: dict, xkey: str, ykey: str, title: str, ytitle: str, log_y: bool = False) -> go.Figure:
+    """A cost density over sigma (log axis), one line per schedule; a log y axis with `log_y`."""
     fig = go.Figure()
     for i, (label, c) in enumerate(curves.items()):
         fig.add_trace(go.Scatter(x=c[xkey], y=c[ykey], mode="lines", name=label, line=dict(color=color(i))))
-    fig.update_xaxes(type="log", title="sigma")
-    fig.update_yaxes(title=ytitle)
+    fig.update_xaxes(type="log", title="sigma", **sigma_ticks([c[xkey] for c in curves.values()]))
+    fig.update_yaxes(title=ytitle + (" (log scale)" if log_y else ""), type="log" if log_y else "linear")
     return _layout(fig, title)
 
 
@@ -125,7 +188,8 @@ def cumulative_fig(cums: dict, title: str) -> go.Figure:
     for i, (label, c) in enumerate(cums.items()):
         fig.add_trace(go.Scatter(x=c["sigma"], y=c["cumulative"], mode="lines+markers", name=label,
                                  line=dict(color=color(i), shape="hv")))
-    fig.update_xaxes(type="log", autorange="reversed", title="sigma (from sigma_max down)")
+    fig.update_xaxes(type="log", autorange="reversed", title="sigma (from sigma_max down)",
+                     **sigma_ticks([c["sigma"] for c in cums.values()]))
     fig.update_yaxes(title="share of the total", range=[0, 1.05])
     return _layout(fig, title)
 
@@ -144,25 +208,29 @@ def optimizer_points_fig(history: list, title: str = "Schedule points over itera
                 xs.extend([h["iteration"]] * len(pos))
                 ys.extend(pos.tolist())
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=g, marker=dict(size=5, color=color(j))))
-    fig.update_yaxes(type="log", title="sigma")
+    fig.update_yaxes(type="log", title="sigma",
+                     **sigma_ticks([h["sigmas"] for h in history if not h.get("placeholder")]))
     fig.update_xaxes(title="iteration")
     return _layout(fig, title)
 
 
 def optimizer_curves_fig(history: list, early_stopped_at=None, best_so_far=None,
-                         title: str = "Objective and held-out metric") -> go.Figure:
-    """Objective (left axis) and held-out metric (right axis) per iteration (events without an
-    objective value are left out); the early-stopping point the optimizer reported as a dashed
-    vertical line, the best held-out iteration so far (while it runs) as a dotted one."""
+                         title: str = "Objective and held-out metric", objective_name: str = "objective") -> go.Figure:
+    """Objective (left axis, `objective_name`) and held-out metric (right axis, named by the events'
+    `heldout_name`) per iteration (events without an objective value are left out); the early-stopping
+    point the optimizer reported as a dashed vertical line, the best held-out iteration so far (while it
+    runs) as a dotted one."""
     obj = [(h["iteration"], h["objective"]) for h in history
            if h["objective"] is not None and np.isfinite(h["objective"])]
     fig = go.Figure([go.Scatter(x=[a for a, _ in obj], y=[b for _, b in obj], mode="lines+markers",
                                 name="objective", line=dict(color=color(0)))])
     held = [(h["iteration"], h["heldout"]) for h in history if h.get("heldout") is not None]
     if held:
+        name = next((h["heldout_name"] for h in reversed(history) if h.get("heldout_name")), None)
+        label = f"held-out {name}" if name else "held-out"
         fig.add_trace(go.Scatter(x=[a for a, _ in held], y=[b for _, b in held], mode="lines+markers",
-                                 name="held-out", yaxis="y2", line=dict(color=color(1))))
-        fig.update_layout(yaxis2=dict(title="held-out (lower is better)", overlaying="y", side="right"))
+                                 name=label, yaxis="y2", line=dict(color=color(1))))
+        fig.update_layout(yaxis2=dict(title=f"{label} (lower is better)", overlaying="y", side="right"))
     if early_stopped_at is not None:
         fig.add_vline(x=early_stopped_at, line_dash="dash", line_color="green",
                       annotation_text="early-stopping point", annotation_position="top left")
@@ -170,7 +238,7 @@ def optimizer_curves_fig(history: list, early_stopped_at=None, best_so_far=None,
         fig.add_vline(x=best_so_far, line_dash="dot", line_color="gray",
                       annotation_text="best held-out so far", annotation_position="top left")
     fig.update_xaxes(title="iteration")
-    fig.update_yaxes(title="objective")
+    fig.update_layout(yaxis=dict(title=objective_name))     # (update_yaxes would also retitle the right axis)
     return _layout(fig, title)
 
 

@@ -1,5 +1,6 @@
 """Session settings (the shared sidebar), cached model loading and cached engine results,
-and the session's schedule library.
+and the session's schedule library (kept on disk by app_lib.store: a reload or a new session
+finds it again).
 
 Every widget has a stable key; cached functions take plain hashable arguments (names, sigma
 tuples) and rebuild engine objects inside, so st.cache_data can hash them.
@@ -13,6 +14,7 @@ import warnings
 import streamlit as st
 import torch
 
+from app_lib import store
 from core.errors import ScheduleLabError
 from core.models import TOY_KINDS, load_toy_model, toy_checkpoint
 from core.schedules import PresetRangeWarning, Schedule, make_schedule, resample_loglinear, schedule_names
@@ -22,6 +24,7 @@ from toy_data import TOYS, get_toy
 DEFAULTS = {"sb_seed": 0, "sb_toy": "grid8x8", "sb_model_kind": "exact"}
 USER_KIND = "user:"          # model kind of a user's own 2-D model: "user:" + JSON [spec, weights, params]
 LIBRARY_KEY = "library"
+STORE_MSG = "_store_message"          # a problem with the app's folder, shown in the sidebar
 LIB_PREFIX = "lib:"
 # heuristics whose parameter a user may want to set, with the default the app uses
 SCHEDULE_PARAMS = {"karras": ("rho", 7.0), "polyexponential": ("rho", 1.0), "kl_optimal": ("c", 0.5)}
@@ -68,6 +71,13 @@ def sidebar() -> dict:
                       "(listed when checkpoints/toy_mlp/TOY.safetensors exists); your model: the one "
                       "loaded below")
     sb.caption("Models load once per session (cached); results are cached per input.")
+    library()
+    try:
+        sb.caption(f"Library and optimizer runs are saved in `{store.home()}` (set {store.ENV} to move it).")
+    except ScheduleLabError as e:
+        st.session_state[STORE_MSG] = str(e)
+    if st.session_state.get(STORE_MSG):
+        sb.warning(st.session_state[STORE_MSG])
     return settings()
 
 
@@ -170,21 +180,58 @@ def _default_library() -> dict:
 
 
 def library() -> dict:
-    """{label: Schedule}, the session's schedule library (created with a few heuristics)."""
-    if LIBRARY_KEY not in st.session_state:
-        st.session_state[LIBRARY_KEY] = _default_library()
-    return st.session_state[LIBRARY_KEY]
+    """{label: Schedule}, the session's schedule library: the saved one (app_lib.store), else a
+    few heuristics."""
+    ss = st.session_state
+    if LIBRARY_KEY not in ss:
+        try:
+            saved = store.load_library()
+        except ScheduleLabError as e:
+            saved, ss[STORE_MSG] = None, str(e)
+        ss[LIBRARY_KEY] = saved if saved is not None else _default_library()
+    return ss[LIBRARY_KEY]
 
 
-def add_to_library(schedule: Schedule, label: str | None = None) -> str:
-    """Add a schedule under a unique label (suffix ' #2', ' #3' ... on clashes); returns it."""
+def save_library() -> None:
+    """Write the session's library to disk (atomically); a failure is shown in the sidebar."""
+    try:
+        store.save_library(library())
+    except (OSError, ScheduleLabError) as e:
+        st.session_state[STORE_MSG] = f"the library could not be saved: {e}"
+
+
+def add_to_library(schedule: Schedule, label: str | None = None, save: bool = True) -> str:
+    """Add a schedule under a unique label (suffix ' #2', ' #3' ... on clashes) and save the
+    library; returns the label."""
     lib = library()
     base = label or schedule.label()
     label, i = base, 2
     while label in lib and lib[label] != schedule:
         label, i = f"{base} #{i}", i + 1
     lib[label] = schedule
+    if save:
+        save_library()
     return label
+
+
+def remove_from_library(labels) -> None:
+    lib = library()
+    for label in labels or []:
+        lib.pop(label, None)
+    save_library()
+
+
+def merge_library(text) -> list:
+    """Add every schedule of a library file's text (store.library_from_json validates it); returns
+    the labels they got."""
+    added = [add_to_library(s, label, save=False) for label, s in store.library_from_json(text).items()]
+    save_library()
+    return added
+
+
+def library_json() -> str:
+    """The library as a downloadable file (the format store.library_from_json reads back)."""
+    return store.library_to_json(library())
 
 
 def schedule_options() -> list:

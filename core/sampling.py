@@ -6,20 +6,37 @@ from dataclasses import dataclass
 
 import torch
 
+from core.errors import ScheduleLabError
 from core.models.base import Denoiser
 from core.schedules import Schedule
 from core.solvers import get_solver
 
 
 class CountingDenoiser:
-    """Wraps a Denoiser and counts its calls (NFE counts model calls, not steps)."""
+    """Wraps a Denoiser and counts its calls (NFE counts model calls, not steps). With `sigmas`
+    (the schedule) every output is checked to be finite: a NaN / inf stops the run with a
+    ScheduleLabError naming the call, the step and sigma (one isfinite reduction per call)."""
 
-    def __init__(self, model):
-        self.model, self.calls = model, 0
+    def __init__(self, model, sigmas=None):
+        self.model, self.calls, self.sigmas = model, 0, sigmas
 
     def __call__(self, x, sigma):
         self.calls += 1
-        return self.model(x, sigma)
+        out = self.model(x, sigma)
+        if self.sigmas is not None and not bool(torch.isfinite(out).all()):
+            raise non_finite_output(self.model, out, sigma, self.sigmas, self.calls)
+        return out
+
+
+def non_finite_output(model, out, sigma, sigmas, call: int) -> ScheduleLabError:
+    """The error for a denoiser output with NaN / inf: which call, step (nearest schedule level) and sigma."""
+    s = float(torch.as_tensor(sigma).reshape(-1)[0])
+    step = min(range(len(sigmas)), key=lambda i: abs(float(sigmas[i]) - s))
+    rows = int((~torch.isfinite(out)).reshape(out.shape[0], -1).any(1).sum())
+    return ScheduleLabError(
+        f"{getattr(model, 'name', 'the model')} returned NaN or inf for {rows} of {out.shape[0]} samples at "
+        f"step {step} of {len(sigmas) - 1} (sigma = {s:.6g}, model call {call}); the run is stopped. "
+        "Check the model's weights and its sigma range (a sigma outside the range it was trained on?)")
 
 
 @dataclass
@@ -50,7 +67,7 @@ def generate(model: Denoiser, schedule: Schedule, n: int, solver: str = "dpmpp_2
     """
     spec = get_solver(solver)
     x = initial_noise(model, n, schedule.sigma_max, seed) if noise is None else noise
-    counter = CountingDenoiser(model)
+    counter = CountingDenoiser(model, schedule.sigmas)
     g = torch.Generator(device=x.device).manual_seed(int(seed) + 1)
     states, dens = [], []
     cb = None
@@ -63,5 +80,9 @@ def generate(model: Denoiser, schedule: Schedule, n: int, solver: str = "dpmpp_2
     if x.device.type == "cuda":
         torch.cuda.synchronize()
     secs = time.perf_counter() - t0
+    if not bool(torch.isfinite(out).all()):
+        raise ScheduleLabError(f"the {spec.name} samples of {getattr(model, 'name', 'the model')} over "
+                               f"{schedule.label()} contain NaN or inf (the solver diverged); try another "
+                               "solver or schedule")
     traj = torch.stack(states + [out[:keep_trajectory].detach().cpu()]) if keep_trajectory else None
     return SampleResult(out, counter.calls, secs, traj, torch.stack(dens) if keep_trajectory else None)

@@ -3,6 +3,8 @@
 `density_grid`      the exact (noisy) log-density of a 2D toy on a regular grid.
 `cumulative_share`  running share of a per-interval cost from sigma_max down to 0.
 `schedule_table`    one row of summary numbers per schedule (for tables).
+`objective_totals`  KLUB / Stein / truncation totals per schedule and the winner of each.
+`metric_winners`    the best schedule per metric of a metrics table.
 """
 from __future__ import annotations
 
@@ -82,3 +84,47 @@ def schedule_table(schedules: dict) -> list:
                      "sigma_min": s.sigma_min, "solver": s.solver or "",
                      "sigmas": ", ".join(f"{v:.4g}" for v in s.sigmas)})
     return rows
+
+
+def objective_totals(klub: dict, stein: dict, truncation: dict) -> dict:
+    """One row of totals per schedule from the per-interval curves, and the winner of each column.
+
+    Args: {label: curves} of core.objectives.klub.klub_curves (total, total_se),
+        core.objectives.stein.stein_curves (total_cost) and
+        core.objectives.truncation.truncation_curve (objective); a dict may be empty (that
+        objective failed) and its column is then left out.
+    Returns {"rows": [{"schedule", "KLUB", "KLUB s.e.", "Stein", "bound"} ...] in the order of the
+    labels, "best": {column: label with the lowest finite total}} (lower is better for all three;
+    a NaN total is shown as None and never wins)."""
+    cols = {"KLUB": (klub, "total"), "Stein": (stein, "total_cost"), "bound": (truncation, "objective")}
+    labels = list(dict.fromkeys([*klub, *stein, *truncation]))
+    rows, best = [], {}
+    for label in labels:
+        row = {"schedule": label}
+        for col, (curves, key) in cols.items():
+            if curves:
+                v = float(curves[label][key]) if label in curves else math.nan
+                row[col] = v if math.isfinite(v) else None
+                if col == "KLUB":
+                    se = float(curves[label].get("total_se", math.nan)) if label in curves else math.nan
+                    row["KLUB s.e."] = se if math.isfinite(se) else None
+        rows.append(row)
+    for col, (curves, _) in cols.items():
+        vals = [(r[col], r["schedule"]) for r in rows if r.get(col) is not None]
+        if vals:
+            best[col] = min(vals, key=lambda t: t[0])[1]          # first listed on a tie
+    return {"rows": rows, "best": best}
+
+
+def metric_winners(metrics: dict, keys, higher_is_better=()) -> dict:
+    """{metric: label of the best finite value} over {label: {metric: value}} (lowest wins, highest
+    for the keys in `higher_is_better`; first listed on a tie; a metric with no finite value has
+    no winner)."""
+    best = {}
+    for k in keys:
+        vals = [(float(m[k]), label) for label, m in metrics.items()
+                if m.get(k) is not None and math.isfinite(float(m[k]))]
+        if vals:
+            sign = -1.0 if k in higher_is_better else 1.0
+            best[k] = min(vals, key=lambda t: sign * t[0])[1]
+    return best

@@ -1,11 +1,12 @@
 """Error curves: per-interval KLUB, Stein cost and truncation error of chosen schedules on the
 chosen toy model, as bars per interval, as densities over log sigma, and as cumulative shares."""
+import pandas as pd
 import streamlit as st
 
 from app_lib import engine, plots
 from app_lib.state import build_schedule, init_widgets, option_label, schedule_options, settings, toy_model
 from core.errors import ScheduleLabError
-from core.viz_data import cumulative_share
+from core.viz_data import cumulative_share, objective_totals
 
 st.title("Error curves")
 st.caption("Why one schedule beats another: how much error each interval between two noise "
@@ -16,7 +17,7 @@ cfg = settings()
 model = toy_model(cfg["toy"], cfg["model_kind"], cfg["device"])
 opts = schedule_options()
 init_widgets({"ec_scheds": ["karras", "loglinear", "kl_optimal"], "ec_steps": 10, "ec_n": 1024,
-              "ec_c": 0.5, "ec_p": 1.0, "ec_v": 1.0, "ec_levels": 100})
+              "ec_c": 0.5, "ec_p": 1.0, "ec_v": 1.0, "ec_levels": 100, "ec_log": True})
 st.session_state.ec_scheds = [o for o in st.session_state.ec_scheds if o in opts]
 c = st.columns([4, 1, 1, 1, 1, 1, 1])
 c[0].multiselect("Schedules", opts, key="ec_scheds", format_func=option_label)
@@ -31,6 +32,8 @@ c[5].number_input("v (Stein)", min_value=0.0, max_value=4.0, step=0.5, key="ec_v
                   help="speed of the score-optimal cost, v(sigma) = sigma^v (the paper: v = 1)")
 c[6].selectbox("Stein levels", [50, 100, 200, 400], key="ec_levels",
                help="log-spaced noise levels on which the Stein density is estimated")
+st.toggle("Log scale for bars and densities", key="ec_log",
+          help="one long interval (kl_optimal's first KLUB bar) can flatten every other bar on a linear axis")
 
 if not st.session_state.ec_scheds:
     st.info("Pick at least one schedule.")
@@ -42,6 +45,8 @@ except ScheduleLabError as e:
     st.error(str(e))
     st.stop()
 st.plotly_chart(plots.schedule_points_fig(scheds), key="ec_fig_points")
+totals_box = st.container()                                   # filled once every objective is computed
+log_y = bool(st.session_state.ec_log)
 key_args = (cfg["toy"], cfg["model_kind"], cfg["device"])
 n, seed = int(st.session_state.ec_n), cfg["seed"]
 shown = {}
@@ -59,13 +64,14 @@ def section(title, compute, cost, ytitle, how_bars, how_density, how_cum, err_ke
     slug = title.split()[0].lower()
     cols = st.columns(2 if density else 1)
     with cols[0]:
-        st.plotly_chart(plots.interval_bars_fig(curves, cost, f"{title} per interval", ytitle, err_key=err_key),
+        st.plotly_chart(plots.interval_bars_fig(curves, cost, f"{title} per interval", ytitle, err_key=err_key,
+                                                 log_y=log_y),
                         key=f"ec_fig_{slug}_bars")
         st.caption(how_bars)
     if density:
         with cols[1]:
             st.plotly_chart(plots.density_fig(curves, density[0], density[1], f"{title} density over sigma",
-                                              "cost per unit log sigma"), key=f"ec_fig_{slug}_density")
+                                              "cost per unit log sigma", log_y=log_y), key=f"ec_fig_{slug}_density")
             st.caption(how_density)
     cums = {label: cumulative_share(cv["sigma_lo"], cv["sigma_hi"], cv["share"]) for label, cv in curves.items()}
     st.plotly_chart(plots.cumulative_fig(cums, f"{title}: cumulative share from sigma_max down"),
@@ -106,3 +112,20 @@ section("Truncation error bound (DM-NonUniform)",
         "",
         "Share of the error bound accumulated from sigma_max down; DM-NonUniform minimises the total.")
 st.session_state["ec_curves"] = shown
+
+TOTAL_COLS = {"KLUB": "KLUB (Align Your Steps)", "Stein": "Stein cost (score-optimal)",
+              "bound": "Truncation error bound (DM-NonUniform)"}
+totals = objective_totals(*(shown.get(t, {}) for t in TOTAL_COLS.values()))
+st.session_state["ec_totals"] = totals
+with totals_box:
+    st.subheader("Totals per schedule")
+    best = totals["best"]
+    df = pd.DataFrame(totals["rows"])
+    num = [c for c in df.columns if c != "schedule"]
+    mark = "background-color: #c8f7c5; font-weight: bold"
+    st.dataframe(df.style.apply(lambda col: [mark if best.get(col.name) == lab else "" for lab in df["schedule"]])
+                 .format("{:.4g}", subset=num, na_rep="n/a"), hide_index=True, key="ec_totals_table")
+    st.caption("Sum of each objective over the intervals (lower is better; highlighted: the lowest of each "
+               "column, i.e. " + "; ".join(f"{c}: {lab}" for c, lab in best.items()) + "). KLUB s.e. is the "
+               "standard error of the KLUB total; the three objectives measure different things and need not "
+               "agree (the bound judges a schedule for dpmpp_3m_lagrange and uses no model).")

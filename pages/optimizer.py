@@ -1,17 +1,16 @@
 """Optimizer: run AYS, DM-NonUniform or the score-optimal search live on the chosen toy model,
-with every knob; Start / Stop / Resume; the schedule's points, the objective and the held-out
-metric update while it runs; the result goes to the session's schedule library."""
+with every knob; Start / Stop / Resume (the run is app_lib.runs': it goes on in its own thread
+while the user visits other pages, and survives a reload); the schedule's points, the objective
+and the held-out metric update while it runs; the result goes to the schedule library."""
 import streamlit as st
 
-from app_lib import engine, plots
-from app_lib.runner import OptimizerRun
-from app_lib.state import add_to_library, init_widgets, settings, solver_options
+from app_lib import engine, plots, runs
+from app_lib.state import devices, init_widgets, settings, solver_options
 from core.errors import ScheduleLabError
 from core.optimizers.heldout import HELDOUT
 from core.optimizers.nonuniform import STARTS
 
-RUN = "opt_run"
-NU_EVENT_FACTOR = 20     # DM-NonUniform yields one cheap event per trust-constr iteration
+MSG = "opt_message"
 # knob -> (label, help)
 KNOBS = {
     "steps": ("Steps", "steps of the final schedule (AYS: of the first stage)"),
@@ -23,8 +22,10 @@ KNOBS = {
     "c": ("c", "AYS: data scale of KLUB's importance sampler (Eq. 15)"),
     "max_iters": ("Iterations", "AYS: sweep cap per stage"),
     "maxiter": ("Solver iterations", "DM-NonUniform: trust-constr iteration cap per start"),
-    "heldout": ("Early-stopping metric", "AYS: held-out quality metric, lower is better (nll: exact density of the "
-                                         "toy; swd: sliced W2 to data; ref_error: distance to a many-step solution); "
+    "heldout": ("Early-stopping metric", "AYS: held-out quality metric, lower is better (kde_nll: held-out data "
+                                         "under a KDE of the samples, which a collapsed sample cannot win; nll: exact "
+                                         "density of the toy at the samples, which rewards collapse onto the modes; swd: "
+                                         "sliced W2 to data; ref_error: distance to a many-step solution); "
                                          "'none' disables early stopping"),
     "patience": ("Patience", "AYS: first-stage sweeps without a held-out improvement before stopping early"),
     "heldout_solver": ("Solver", "AYS: the solver the held-out metric samples with (the solver the schedule is "
@@ -43,9 +44,9 @@ st.caption("Run a schedule optimizer on the sidebar's toy model and watch it wor
 
 cfg = settings()
 init_widgets({"opt_method": "ays", "opt_steps": 10, "opt_stages": 1, "opt_n_samples": 1024,
-              "opt_n_candidates": 10, "opt_c": 0.5, "opt_max_iters": 30, "opt_heldout": "nll",
+              "opt_n_candidates": 10, "opt_c": 0.5, "opt_max_iters": 30, "opt_heldout": "kde_nll",
               "opt_patience": 3, "opt_heldout_solver": "dpmpp_2m", "opt_heldout_n": 2048, "opt_p": 1.0,
-              "opt_v": 1.0, "opt_levels": 100, "opt_starts": list(STARTS), "opt_maxiter": 1000, "opt_events_per_rerun": 2})
+              "opt_v": 1.0, "opt_levels": 100, "opt_starts": list(STARTS), "opt_maxiter": 1000})
 st.selectbox("Method", list(engine.OPTIMIZERS), key="opt_method", format_func=engine.OPTIMIZERS.get)
 method = st.session_state.opt_method
 uses = engine.METHOD_KNOBS[method]
@@ -90,9 +91,7 @@ with st.expander("Knobs", expanded=True):
                       disabled=off("maxiter"))
     k[2].multiselect(KNOBS["starts"][0], list(STARTS), key="opt_starts", help=KNOBS["starts"][1],
                      disabled=off("starts"))
-    st.slider("Iterations per refresh", 1, 20, key="opt_events_per_rerun",
-              help=f"how many optimizer events each refresh pulls (fewer: more responsive page; DM-NonUniform "
-                   f"pulls {NU_EVENT_FACTOR} times as many, its events are cheap). Seed: the sidebar's.")
+    st.caption("Seed: the sidebar's.")
 
 
 def knob_values() -> dict:
@@ -105,83 +104,108 @@ def knob_values() -> dict:
             "seed": cfg["seed"]}
 
 
-def _start():
-    ss = st.session_state
-    m = ss.opt_method
-    all_knobs = knob_values()
-    knobs = {k: v for k, v in all_knobs.items() if k in engine.METHOD_KNOBS[m]}
-    run = OptimizerRun(m, engine.optimizer_factory(m, all_knobs, cfg["toy"], cfg["model_kind"], cfg["device"]),
-                       {**knobs, "toy": cfg["toy"], "model": cfg["model_kind"]})
-    ss[RUN] = run
+def _spec() -> dict:
+    """Plain data the run is rebuilt from (a new session resumes a saved run with it)."""
+    knobs = {**knob_values(), "starts": list(st.session_state.opt_starts)}
+    return {"method": st.session_state.opt_method, "knobs": knobs,
+            "toy": cfg["toy"], "model_kind": cfg["model_kind"], "device": cfg["device"]}
+
+
+def _factory(spec: dict):
+    device = spec["device"] if spec["device"] in devices() else "cpu"
     try:
-        run.start()
+        return engine.optimizer_factory(spec["method"], spec["knobs"], spec["toy"], spec["model_kind"], device)
+    except KeyError as e:
+        raise ScheduleLabError(f"the saved run lacks {e} (or names an unknown method); start a new run") from None
+
+
+def _start():
+    spec = _spec()
+    m = spec["method"]
+    knobs = {k: v for k, v in knob_values().items() if k in engine.METHOD_KNOBS[m]}
+    try:
+        runs.start_run(m, _factory(spec), {**knobs, "toy": cfg["toy"], "model": cfg["model_kind"]}, spec)
+        st.session_state[STARTED_HERE] = id(runs.current_run())   # Resume compares this run's knobs
     except ScheduleLabError as e:
-        run.status, run.message = "failed", str(e)
+        st.session_state[MSG] = str(e)
 
 
 def _stop():
-    st.session_state[RUN].stop()
+    run = runs.current_run()
+    if run is not None:
+        run.stop()
+
+
+STARTED_HERE = "opt_started_here"
 
 
 def _resume():
+    from core.optimizers.resume import knob_changes     # issue 13: a changed knob is not silently ignored
+    run = runs.current_run()
+    if run is not None and st.session_state.get(STARTED_HERE) == id(run):   # started in this session
+        now = {k: v for k, v in knob_values().items() if k in engine.METHOD_KNOBS[run.method]}
+        changed = knob_changes(run.knobs, {**now, "toy": cfg["toy"], "model": cfg["model_kind"]})
+        if changed:
+            st.session_state[MSG] = ("not resumed: " + ", ".join(f"{k} changed from {a!r} to {b!r}"
+                                                                 for k, a, b in changed)
+                                     + " since Stop. Set them back to resume this run, or press Start for a "
+                                     "new run with them")
+            return
     try:
-        st.session_state[RUN].resume()
+        runs.resume_run(_factory)
     except ScheduleLabError as e:
-        st.session_state[RUN].message = str(e)
+        st.session_state[MSG] = str(e)
 
 
 def _save():
-    run = st.session_state[RUN]
     try:
-        s = run.result()
+        runs.save_result(runs.current_run(), _factory)
     except ScheduleLabError as e:
-        run.message = str(e)
-        return
-    run.saved_label = add_to_library(s, f"{run.method} {run.knobs.get('toy', '')} ({s.steps} steps)")
-    run.saved_solver = s.solver
+        st.session_state[MSG] = str(e)
 
 
-run = st.session_state.get(RUN)
+run = runs.current_run()
+runs.sync(run)                          # a run that ended since the last rerun: result to the library
 status = run.status if run is not None else "idle"
+active = run is not None and run.active
 b = st.columns(5)
-b[0].button("Start", key="opt_start", on_click=_start, disabled=status == "running", type="primary")
-b[1].button("Stop", key="opt_stop", on_click=_stop, disabled=status != "running")
+b[0].button("Start", key="opt_start", on_click=_start, disabled=active, type="primary")
+b[1].button("Stop", key="opt_stop", on_click=_stop, disabled=status != "running")   # after the current iteration
 b[2].button("Resume", key="opt_resume", on_click=_resume, disabled=status != "stopped")
 b[3].button("Save result to library", key="opt_save", on_click=_save,
-            disabled=run is None or run.state is None or status == "running")
+            disabled=run is None or run.state is None or active)
+if st.session_state.get(MSG):
+    st.error(st.session_state.pop(MSG))
 
 
-@st.fragment(run_every=0.5 if status == "running" else None)
+@st.fragment(run_every=0.5 if active else None)
 def live():
-    run = st.session_state.get(RUN)
+    run = runs.current_run()
     if run is None:
-        st.info("Set the knobs and press Start. The optimizer runs a few iterations per refresh; Stop "
-                "keeps its state and Resume continues from it.")
+        st.info("Set the knobs and press Start. The optimizer runs on its own while you watch, or while "
+                "you visit other pages (the sidebar shows its progress); Stop keeps its state and Resume "
+                "continues from it, also after a reload.")
         return
-    was = run.status
-    per = int(st.session_state.opt_events_per_rerun) * (NU_EVENT_FACTOR if run.method == "nonuniform" else 1)
-    run.pull(max_events=per)
-    if run.status == "done" and run.saved_label is None:
-        _save()
-    if run.status != was:
-        st.rerun(scope="app")    # buttons and the refresh timer follow the new status
-    (st.error if run.status == "failed" else st.caption)(f"**{run.status}** — {run.message}")
-    if run.history:
-        last = run.history[-1]
-        if run.method == "score_optimal" and not last["done"]:
-            done = run.state["levels_done"] if run.state else 0
-            st.progress(done / max(int(run.knobs["levels"]), 1), text=f"Stein density: {done}/{run.knobs['levels']} "
-                        "levels estimated; the schedule follows from it at the end")
-        else:
-            total = max(int(run.knobs.get("max_iters") or run.knobs.get("maxiter") or 1), 1)
-            st.progress(1.0 if run.status == "done" else min(1.0, (last["iteration"] + 1) / total),
-                        text=f"iteration {last['iteration']}, {last['group']}, objective {last['objective']:.5g}")
+    v = run.view()                      # one consistent snapshot of the worker's progress
+    if active and v["status"] not in ("running", "stopping"):
+        runs.sync(run)
+        st.rerun(scope="app")           # buttons and the refresh timer follow the new status
+    with st.container(key="opt_status"):
+        (st.error if v["status"] == "failed" else st.caption)(
+            f"**{v['status']}** — iteration {run.iteration if v['history'] else '-'} — {v['message']}")
+        if v["progress"]:
+            p = v["progress"]
+            st.progress(min(1.0, max(0.0, float(p["fraction"]))), text=runs.progress_line(run, long=True))
+    history = v["history"]
+    if history:
         c = st.columns(2)
-        c[0].plotly_chart(plots.optimizer_points_fig(run.history), key="opt_fig_points")
+        c[0].plotly_chart(plots.optimizer_points_fig(history), key="opt_fig_points")
         c[0].caption("Each column of points is the schedule after one iteration: watch the interior points "
                      "move while sigma_max and sigma_min stay fixed. Colours mark the AYS stages (or the "
                      "DM-NonUniform starts); score-optimal shows its schedule once the density is complete.")
-        c[1].plotly_chart(plots.optimizer_curves_fig(run.history, run.early_stopped_at, run.best_so_far),
+        objective = {"ays": "total KLUB", "nonuniform": "error bound", "score_optimal": "Stein cost"}
+        c[1].plotly_chart(plots.optimizer_curves_fig(history, run.early_stopped_at, run.best_so_far,
+                                                     objective_name=objective.get(run.method, "objective")),
                           key="opt_fig_curves")
         c[1].caption("The objective the method minimises (left axis: total KLUB, error bound or Stein cost) and "
                      "the held-out metric (right axis, lower is better). The dashed green line marks the "

@@ -65,26 +65,45 @@ tc[1].slider("Step", min_value=0, max_value=steps, key="pg_traj_step")
 step = int(st.session_state.pg_traj_step)
 cols = st.columns(2)
 for col, (label, s) in zip(cols, scheds.items()):
-    col.plotly_chart(plots.trajectory_fig(grid, samples[label]["trajectory"], step, s.sigmas, label),
-                     key=f"pg_fig_traj_{label[0]}")
+    col.plotly_chart(plots.trajectory_fig(grid, samples[label]["trajectory"], step, s.sigmas, label,
+                                          animate=True), key=f"pg_fig_traj_{label[0]}")
 st.caption("Grey: the paths of the first samples from the initial noise (far outside the window at "
-           "sigma_max) to step k; red: where they are at step k. Slide to watch them settle.")
+           "sigma_max) to step k; red: where they are at step k. Slide to watch them settle, or press "
+           "▶ Play under a chart to run all steps in the browser.")
 
 st.subheader("Metrics")
 seeds = tuple(range(seed, seed + int(st.session_state.pg_seeds)))
 rows, metrics = [], {}
+METRICS = {"nll": "NLL (nats)", "kde_nll": "held-out NLL under a KDE", "coverage": "mode coverage",
+           "swd": "sliced W2", "mmd": "MMD²"}
 try:
     for label, s in scheds.items():
         m = toy_metrics(cfg["toy"], cfg["model_kind"], cfg["device"], s.sigmas, solver, n, seeds)
         metrics[label] = m
         rows.append({"schedule": label, "NFE": m["nfe"],
                      **{name: f"{m[k]:.4f} ± {m[k + '_ci']:.4f}" if len(seeds) > 1 else f"{m[k]:.4f}"
-                        for k, name in (("nll", "NLL (nats)"), ("swd", "sliced W2"), ("mmd", "MMD²"))}})
+                        for k, name in METRICS.items()}})
 except ScheduleLabError as e:
     st.error(str(e))
 st.session_state["pg_metrics"] = metrics
 if rows:
-    st.dataframe(rows, hide_index=True, key="pg_metrics_table")
-    st.caption(f"Mean over seeds {seeds[0]}..{seeds[-1]} of {n} samples each, ± the 95 % t-interval. NLL: "
-               "negative log-likelihood under the exact density; sliced W2 and MMD² (RBF, median "
-               "bandwidth): distances to fresh data. Lower is better for all three.")
+    import pandas as pd
+    from core.viz_data import metric_winners
+    best = {METRICS[k]: lab for k, lab in metric_winners(metrics, METRICS, higher_is_better={"coverage"}).items()}
+    st.session_state["pg_metric_winners"] = best
+    mark = "background-color: #c8f7c5; font-weight: bold"
+    df = pd.DataFrame(rows)
+    st.dataframe(df.style.apply(lambda col: [mark if best.get(col.name) == lab else "" for lab in df["schedule"]]),
+                 hide_index=True, key="pg_metrics_table")
+    st.caption(f"Mean over seeds {seeds[0]}..{seeds[-1]} of {n} samples each, ± the 95 % t-interval; the best "
+               "of each column is highlighted. NLL: negative log-likelihood of the samples under the exact "
+               "density; it rewards samples piled on the densest modes, so a collapsed sampler can win it. "
+               "Held-out NLL under a KDE: fresh data scored by a Gaussian kernel density of the samples "
+               "(bandwidth chosen on a split of the samples), which a collapse loses. Mode coverage: share of "
+               "the mixture's components that get at least half their weight's share of the samples (higher "
+               "is better). Sliced W2 and MMD² (RBF, median bandwidth): distances to fresh data. Lower is "
+               "better for all but coverage.")
+    st.caption("MMD² (and KID on the Images page) use the unbiased estimator, which leaves out each "
+               "point's kernel with itself: its expectation is exactly the true value, so when the true value "
+               "is about 0 (the samples match the data) estimates scatter around 0 and can be negative. A "
+               "negative value means 'indistinguishable from the data at this sample size', not an error.")

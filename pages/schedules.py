@@ -1,11 +1,15 @@
 """Schedules: the session's schedule library in one log-sigma plot and a table; add heuristics, import
-what other tools print under an explicit convention, export to every tool with copy and download."""
+what other tools print under an explicit convention (or a whole library file), export to every tool with
+copy and download. The library is saved on disk (app_lib.store) and comes back after a reload."""
 import re
 
 import streamlit as st
 
 from app_lib import plots
-from app_lib.state import SCHEDULE_PARAMS, add_to_library, init_widgets, library, settings, toy_model
+from app_lib.schedule_editor import schedule_editor
+from app_lib.state import (SCHEDULE_PARAMS, add_to_library, init_widgets, library, library_json, merge_library,
+                           remove_from_library, settings, toy_model)
+from app_lib.store import is_library_json
 from core.errors import ScheduleLabError
 from core.schedules import (TABLES, export, make_schedule, parse, range_mismatch, schedule_names,
                             table_schedule_names)
@@ -77,6 +81,10 @@ def _import():
     name = (ss.get("sc_import_name") or "").strip() or "imported"
     conv = ss.get("sc_import_conv") or "auto"
     try:
+        if is_library_json(text):                    # a whole library file (Download library below)
+            added = merge_library(text)
+            _say("import", "success", f"loaded {len(added)} schedule(s) from the library file")
+            return
         s = parse(text, name=name, convention=conv, table=ss.get("sc_import_table") if conv != "flow" else None)
         if ss.get("sc_import_name"):
             s = s.with_name(name)
@@ -87,15 +95,14 @@ def _import():
 
 
 def _remove():
-    lib = library()
-    for label in st.session_state.get("sc_remove_pick") or []:
-        lib.pop(label, None)
+    remove_from_library(st.session_state.get("sc_remove_pick") or [])
     _say("remove", "success", "removed")
 
 
 st.title("Schedules")
-st.caption("Every schedule of this session: heuristics, AYS presets, optimized and imported ones. "
-           "Pick them on the other pages as 'library: ...'; export them to the tools you use.")
+st.caption("Every schedule of the library: heuristics, AYS presets, optimized and imported ones. "
+           "Pick them on the other pages as 'library: ...'; export them to the tools you use. The library "
+           "is saved on disk (folder named in the sidebar) and comes back after a reload.")
 lib = library()
 
 if lib:
@@ -106,6 +113,8 @@ if lib:
     st.dataframe(schedule_table(lib), hide_index=True, key="sc_table")
 else:
     st.info("The library is empty: add a heuristic or import a schedule below.")
+
+schedule_editor()
 
 left, right = st.columns(2)
 with left:
@@ -144,7 +153,8 @@ with right:
                  placeholder="14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0",
                  help="Our JSON, a ComfyUI ManualSigmas string, any export of this page, a printed tensor "
                       "(`tensor([...], device='cuda:0')`, `scheduler.sigmas`, `scheduler.timesteps`), a numpy "
-                      "print, or a list of numbers; # comments and several lines are fine.")
+                      "print, a list of numbers, or a whole library file (its schedules are added); # comments and "
+                      "several lines are fine.")
     st.file_uploader("... or a JSON / text file", type=["json", "txt", "py"], key="sc_import_file")
     init_widgets({"sc_import_conv": "auto", "sc_import_table": "sd15"})
     st.radio("The numbers are", list(CONVENTIONS), format_func=CONVENTIONS.get, key="sc_import_conv",
@@ -193,6 +203,10 @@ if lib:
                 st.caption("Provenance (this field holds numbers only): " + provenance(chosen))
             st.download_button(f"Download {title}", texts[fmt], file_name=stem + suffix, mime=mime,
                                key=f"sc_dl_{fmt}")
+
+    st.download_button("Download the whole library (JSON)", library_json(), file_name="schedule_library.json",
+                       mime="application/json", key="sc_dl_library",
+                       help="Every schedule above in one file; load it back with Import (here or in a new session).")
 
     st.subheader("Remove")
     st.multiselect("Schedules to remove", labels, key="sc_remove_pick")

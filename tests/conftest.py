@@ -26,3 +26,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def app_home(tmp_path, monkeypatch):
+    """The app's library and run files (app_lib.store) go to a fresh folder in every test, never to
+    the user's cache."""
+    home = tmp_path / "schedule_lab_home"
+    monkeypatch.setenv("SCHEDULE_LAB_HOME", str(home))
+    return home

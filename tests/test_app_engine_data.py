@@ -117,3 +117,26 @@ def test_compare_refuses_stochastic_solvers_and_bad_nfe():
         compare_to_reference(model, {"k": make_schedule("karras", 4)}, solver="dpmpp_2m_sde")
     with pytest.raises(ScheduleLabError, match="positive"):
         error_vs_nfe(model, {"k": lambda n: make_schedule("karras", n)}, [0])
+
+
+def test_objective_totals_rows_and_winners():
+    from core.viz_data import objective_totals
+    klub = {"a": {"total": 3.0, "total_se": 0.1}, "b": {"total": 1.0, "total_se": 0.2},
+            "c": {"total": float("nan"), "total_se": float("nan")}}
+    stein = {"a": {"total_cost": 2.0}, "b": {"total_cost": 5.0}, "c": {"total_cost": 2.0}}
+    trunc = {"a": {"objective": 0.5}, "b": {"objective": 0.4}, "c": {"objective": 0.1}}
+    out = objective_totals(klub, stein, trunc)
+    assert [r["schedule"] for r in out["rows"]] == ["a", "b", "c"]
+    assert out["rows"][0] == {"schedule": "a", "KLUB": 3.0, "KLUB s.e.": 0.1, "Stein": 2.0, "bound": 0.5}
+    assert out["rows"][2]["KLUB"] is None                        # a NaN is never shown as a number ...
+    assert out["best"] == {"KLUB": "b", "Stein": "a", "bound": "c"}   # ... nor wins; a tie goes to the first
+    # an objective that failed (empty) has no column and no winner
+    out = objective_totals(klub, {}, trunc)
+    assert "Stein" not in out["rows"][0] and set(out["best"]) == {"KLUB", "bound"}
+
+
+def test_metric_winners_lowest_or_highest_and_never_nan():
+    from core.viz_data import metric_winners
+    m = {"a": {"nll": 1.0, "coverage": 0.5, "mmd": float("nan")}, "b": {"nll": 2.0, "coverage": 0.9, "mmd": None}}
+    assert metric_winners(m, ["nll", "coverage", "mmd"], higher_is_better={"coverage"}) == {"nll": "a",
+                                                                                           "coverage": "b"}

@@ -1,6 +1,8 @@
 """Error-curves page through AppTest on the real objectives: the plotted per-interval bars,
 densities and cumulative shares are klub_curves / stein_curves / truncation_curve's numbers for
 the same schedules and seed, and they follow the widgets."""
+import re
+
 import numpy as np
 import pytest
 
@@ -82,3 +84,33 @@ def test_changing_p_v_c_and_schedules_changes_the_plotted_numbers():
     shown = at.session_state["ec_curves"]
     assert shown["KLUB (Align Your Steps)"]["kl_optimal"]["klub"].shape == (4,)      # 5 levels, 4 intervals
     assert shown["Truncation error bound (DM-NonUniform)"]["kl_optimal"]["contribution"].shape == (5,)
+
+
+def test_totals_table_and_log_toggle():
+    at = open_page("error_curves", **{**STATE, "ec_scheds": ["karras", "loglinear", "kl_optimal"]})
+    f = figures(at)
+    assert f["ec_fig_klub_bars"]["layout"]["yaxis"]["type"] == "log"          # on by default
+    assert f["ec_fig_stein_density"]["layout"]["yaxis"]["type"] == "log"
+    assert f["ec_fig_klub_cum"]["layout"]["yaxis"].get("type", "linear") != "log"   # shares stay linear
+    table = at.dataframe[0].value
+    assert list(table["schedule"]) == ["karras", "loglinear", "kl_optimal"]
+    shown = at.session_state["ec_curves"]
+    for col, title, key in (("KLUB", "KLUB (Align Your Steps)", "klub"),
+                            ("Stein", "Stein cost (score-optimal)", "cost"),
+                            ("bound", "Truncation error bound (DM-NonUniform)", "contribution")):
+        per = {lab: float(np.sum(c[key])) for lab, c in shown[title].items()}     # totals = the bars' sums
+        np.testing.assert_allclose(table[col].to_numpy(), [per[k] for k in table["schedule"]], rtol=1e-6)
+        assert at.session_state["ec_totals"]["best"][col] == min(per, key=per.get)
+    # the winner of each column is highlighted, and only it
+    css = at.dataframe[0].proto.arrow_data.styler.styles  # the Styler's CSS: "#T_id_rowR_colC, ... { ... }"
+    marked = {(int(r), int(c)) for r, c in re.findall(r"_row(\d+)_col(\d+)", css.split("{")[0])}
+    best = at.session_state["ec_totals"]["best"]
+    cols = list(table.columns)
+    assert marked == {(list(table["schedule"]).index(best[c]), cols.index(c)) for c in ("KLUB", "Stein", "bound")}
+    assert any("KLUB: " + at.session_state["ec_totals"]["best"]["KLUB"] in c.value for c in at.caption)
+    at.toggle(key="ec_log").set_value(False).run()
+    assert_clean(at)
+    f2 = figures(at)
+    assert f2["ec_fig_klub_bars"]["layout"]["yaxis"].get("type", "linear") == "linear"
+    np.testing.assert_allclose(arr(trace(f2["ec_fig_klub_bars"], "karras")["y"]),
+                               arr(trace(f["ec_fig_klub_bars"], "karras")["y"]))

@@ -1,6 +1,8 @@
 """Playground page through AppTest: the plotted samples, trajectories, schedule points and
 metrics are exactly the engine's numbers for the chosen widgets, and both schedules start from
 the same noise."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -73,10 +75,43 @@ def test_changing_schedule_b_and_solver_changes_the_plotted_schedule_and_metrics
     np.testing.assert_allclose(arr(trace(figures(page)["pg_fig_points"], "B: loglinear")["x"]), s.sigmas[:-1])
     m = page.session_state["pg_metrics"]["B: loglinear"]
     ref = evaluate_toy(model, get_toy("gaussian"), s, solver="euler", n=500, seeds=(0, 1), mmd_n=500)
-    for k in ("nll", "nll_ci", "swd", "mmd"):
+    for k in ("nll", "nll_ci", "swd", "mmd", "kde_nll", "kde_nll_ci", "coverage"):
         assert m[k] == pytest.approx(ref[k], rel=1e-9), k
     assert m["nfe"] == 6
     # the table shows mean +- interval for both schedules
     table = page.dataframe[0].value
     assert list(table["schedule"]) == ["A: karras", "B: loglinear"]
     assert "±" in table["NLL (nats)"][1]
+
+
+def test_metrics_table_shows_collapse_proof_metrics_and_highlights_each_winner(page):
+    table = page.dataframe[0].value
+    assert {"held-out NLL under a KDE", "mode coverage"} <= set(table.columns)
+    ms = page.session_state["pg_metrics"]
+    best = page.session_state["pg_metric_winners"]
+    labels = list(table["schedule"])
+    for col, key, sign in (("NLL (nats)", "nll", 1), ("held-out NLL under a KDE", "kde_nll", 1),
+                           ("mode coverage", "coverage", -1), ("MMD²", "mmd", 1)):
+        vals = {lab: sign * ms[lab][key] for lab in labels}
+        assert best[col] == min(vals, key=vals.get), col          # coverage: the highest wins
+    css = page.dataframe[0].proto.arrow_data.styler.styles      # "#T_id_rowR_colC, ... { ... }"
+    marked = {(int(r), int(c)) for r, c in re.findall(r"_row(\d+)_col(\d+)", css.split("{")[0])}
+    cols = list(table.columns)
+    assert marked == {(labels.index(lab), cols.index(col)) for col, lab in best.items()}
+    assert any("unbiased estimator" in c.value and "negative" in c.value for c in page.caption)
+
+
+def test_trajectories_animate_with_one_frame_per_step(page):
+    fig = figures(page)["pg_fig_traj_A"]
+    model = load_toy_model("gaussian", "exact")
+    steps = page.session_state["pg_steps"]
+    s = make_schedule("karras", steps, model.sigma_min, model.sigma_max)
+    r = generate(model, s, 500, solver=page.session_state["pg_solver"], seed=0, keep_trajectory=8)
+    assert [f["name"] for f in fig["frames"]] == [str(k) for k in range(steps + 1)]
+    for k in (0, steps // 2, steps):
+        fr = fig["frames"][k]
+        assert fr["traces"] == [1, 2]                                # paths and current move, the density stays
+        np.testing.assert_allclose(arr(fr["data"][1]["x"]), r.trajectory[k, :, 0].numpy(), rtol=1e-12)
+        assert f"sigma = {s.sigmas[k]:.4g}" in fr["layout"]["title"]["text"]
+    buttons = fig["layout"]["updatemenus"][0]["buttons"]
+    assert [b["method"] for b in buttons] == ["animate", "animate"] and "Play" in buttons[0]["label"]

@@ -86,7 +86,9 @@ def test_export_then_reimport_gives_the_same_sigmas_in_every_format(page):
     texts = dict(page.session_state["sc_export"])
     assert list(texts) == FORMATS_PAGE
     shown = [c.value for c in page.code]
-    assert len(page.get("download_button")) == len(FORMATS_PAGE)    # one download per format ...
+    labels = [b.label for b in page.get("download_button")]
+    assert len(labels) == len(FORMATS_PAGE) + 1                 # one download per format ...
+    assert labels[-1] == "Download the whole library (JSON)"    # ... and the whole library
     for fmt in FORMATS_PAGE:
         text = texts[fmt]
         assert text == export(s, fmt, table="sd15" if fmt == "diffusers_timesteps" else None)
@@ -113,7 +115,7 @@ def test_a_schedule_outside_the_table_has_no_timesteps_export_and_a_range_warnin
     assert "diffusers_timesteps" not in page.session_state["sc_export"]
     assert any("same training timestep" in w.value for w in page.warning)
     assert any("above the sidebar's model" in w.value and "below" in w.value for w in page.warning)
-    assert len(page.get("download_button")) == len(FORMATS_PAGE) - 1
+    assert len(page.get("download_button")) == len(FORMATS_PAGE) - 1 + 1     # no timesteps=; + the library
     page.selectbox(key="sc_export_pick").set_value("karras (10 steps)").run()     # 80 .. 0.002 fits
     assert not any("sidebar's model" in w.value for w in page.warning)
 

@@ -55,3 +55,8 @@ def test_page_settings_survive_a_visit_to_another_page():
     assert_clean(at)
     assert at.number_input(key="pg_steps").value == 5 and at.selectbox(key="pg_sched_b").value == "loglinear"
     assert at.session_state["pg_schedules"]["B: loglinear"] == make_schedule("loglinear", 5).sigmas
+
+
+def test_sidebar_names_the_folder_of_the_saved_library(app_home):
+    at = open_page("playground", toy="gaussian", **SMALL)
+    assert any(f"`{app_home}`" in c.value for c in at.sidebar.caption)

@@ -40,7 +40,7 @@ def test_sample_json_contract(tmp_path):
                        "dpmpp_2m_sde", "--n", "2000", "--seeds", "2", "--json")
     assert rc == 0, err
     d = json.loads(out)
-    assert {"nll", "swd", "mmd", "nfe", "seconds", "sigmas"} <= set(d)
+    assert {"nll", "kde_nll", "coverage", "swd", "mmd", "nfe", "seconds", "sigmas"} <= set(d)
     assert d["nfe"] == 8 and len(d["sigmas"]) == 9 and d["nll_ci"] is not None
     f = tmp_path / "s.json"
     f.write_text(json.dumps({"sigmas": d["sigmas"], "name": "mine"}))

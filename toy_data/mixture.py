@@ -11,7 +11,6 @@ runs in float64.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -165,32 +164,61 @@ class GaussianMixture:
 
     @classmethod
     def from_dict(cls, d: dict, name: str | None = None) -> "GaussianMixture":
+        """{"weights" [K], "means" [K][d], "covariances" [K][d][d], "name"?} -> GaussianMixture;
+        every entry is type- and range-checked (core.readers) before any tensor is built."""
+        from core import readers as rd
+        rd.mapping(d, "a mixture")
         missing = [k for k in ("weights", "means", "covariances") if k not in d]
         if missing:
             raise ScheduleLabError(
                 f"mixture file lacks {missing}; expected keys weights [K], means [K][d], "
                 "covariances [K][d][d]")
-        try:
-            return cls(d["weights"], d["means"], d["covariances"], name=name or d.get("name", "custom"))
-        except ScheduleLabError:
-            raise
-        except (TypeError, RuntimeError, ValueError) as e:  # ragged lists, non-numbers
-            raise ScheduleLabError(f"mixture arrays are malformed ({e}); expected weights [K], "
-                                   "means [K][d], covariances [K][d][d] of numbers") from None
+        name = rd.string(name if name is not None else d.get("name", "custom"), "mixture 'name'", 200)
+        w = rd.number_list(d["weights"], "mixture 'weights'", 1, MAX_COMPONENTS)
+        K = len(w)
+        mu = _matrix(d["means"], "mixture 'means'", K, None)
+        dim = len(mu[0])
+        cov = [_matrix(c, f"mixture 'covariances'[{k}]", dim, dim)
+               for k, c in enumerate(_rows(d["covariances"], "mixture 'covariances'", K))]
+        return cls(w, mu, cov, name=name)
 
     @classmethod
     def from_json(cls, path) -> "GaussianMixture":
+        """A mixture JSON file (read by core.readers: size, encoding, depth and digit limits)."""
+        from core import readers as rd
         p = Path(path)
-        if not p.is_file():
-            raise ScheduleLabError(f"mixture file {str(p)!r} not found; pass a JSON file with "
-                                   "weights, means, covariances")
-        try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ScheduleLabError(f"mixture file {str(p)!r} is not valid JSON: {e}") from None
+        d = rd.read_json(p, "mixture file")
         if not isinstance(d, dict):
             raise ScheduleLabError(f"mixture file {str(p)!r} must hold a JSON object")
-        return cls.from_dict(d, name=d.get("name", p.stem))
+        try:
+            return cls.from_dict(d, name=d.get("name", p.stem))
+        except ScheduleLabError as e:
+            raise ScheduleLabError(f"mixture file {str(p)!r}: {e}") from None
+
+
+MAX_COMPONENTS, MAX_DIM = 100_000, 1024
+
+
+def _matrix(v, what: str, rows: int, cols: int | None) -> list:
+    """A [rows][cols] list of lists of finite numbers (cols = the first row's length when None)."""
+    from core import readers as rd
+    out = [rd.number_list(r, f"{what}[{i}]", 1, MAX_DIM) for i, r in enumerate(_rows(v, what, rows))]
+    want = len(out[0]) if cols is None else cols
+    for i, r in enumerate(out):
+        if len(r) != want:
+            raise ScheduleLabError(f"mixture arrays are malformed: {what}[{i}] has {len(r)} entries, expected "
+                                   f"{want}; the shapes do not agree (want weights [K], means [K][d], "
+                                   "covariances [K][d][d])")
+    return out
+
+
+def _rows(v, what: str, rows: int) -> list:
+    if not isinstance(v, list) or len(v) != rows:
+        got = f"{len(v)} rows" if isinstance(v, list) else type(v).__name__
+        raise ScheduleLabError(f"mixture arrays are malformed: {what} must be a list of {rows} rows (one per "
+                               f"weight), got {got}; the shapes do not agree (want weights [K], means [K][d], "
+                               "covariances [K][d][d])")
+    return v
 
 
 def _sigma_b(sigma, x: torch.Tensor) -> torch.Tensor:

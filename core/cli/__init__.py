@@ -15,7 +15,7 @@ from core.errors import ScheduleLabError
 from core.optional import optional
 
 COMMAND_MODULES = ["core.cli.basic", "core.cli.train", "core.cli.optimize",
-                   "core.cli.images", "core.cli.convert"]
+                   "core.cli.images", "core.cli.convert", "core.cli.cache"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from core.cli.checks import validate_args
+        validate_args(args)                              # every value checked before any work
         return int(args.func(args) or 0)
     except ScheduleLabError as e:
         sys.stderr.write(f"error: {e}\n")

@@ -108,8 +108,8 @@ def _sample(a):
         sched = load_schedule(a.schedule, a.steps, _or(a.sigma_min, model.sigma_min), _or(a.sigma_max, model.sigma_max),
                               **parse_params(a.param))
         r = evaluate_model(model, sched, a.solver, n=a.n, seeds=seeds, data=data, mixture=mix)
-    out = {k: r[k] for k in ("nll", "swd", "mmd", "nfe", "seconds", "sigmas")}
-    out.update({k + "_ci": r[k + "_ci"] for k in ("nll", "swd", "mmd")})
+    out = {k: r[k] for k in ("nll", "kde_nll", "coverage", "swd", "mmd", "nfe", "seconds", "sigmas")}
+    out.update({k + "_ci": r[k + "_ci"] for k in ("nll", "kde_nll", "coverage", "swd", "mmd")})
     emit(out, a.json, "\n".join(f"{k}: {v}" for k, v in out.items()))
 
 

@@ -53,6 +53,8 @@ def _images(a):
     spec = get_solver(a.solver)
     opts = {"weights": a.weights, "params": parse_params(a.param), "allow_hub": a.allow_hub}
     model = load_model(a.model, a.device, **opts)
+    from core.limits import check_rows
+    check_rows(a.n, "--n", model.event_shape)                 # the cap for this model's image size
     smin = a.sigma_min if a.sigma_min is not None else model.sigma_min
     smax = a.sigma_max if a.sigma_max is not None else model.sigma_max
     sched = load_schedule(a.schedule, a.steps, smin, smax, **parse_params(a.schedule_param))

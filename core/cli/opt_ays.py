@@ -12,6 +12,7 @@ to OUT with `.state.json` in place of `.json`); a killed run continues with --re
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from core.cli import emit
@@ -35,7 +36,7 @@ def add_arguments(p):
     p.add_argument("--max-iters", default=None,
                    help="sweep cap per stage, or one per stage (toys 100, images 5,2,1)")
     p.add_argument("--heldout", default="auto",
-                   help="auto | nll | swd | ref_error | fd | none (auto: nll on toys; fd to the training split for "
+                   help="auto | kde_nll | nll | swd | ref_error | fd | none (auto: kde_nll on toys; fd to the training split for "
                         "models with the digits metrics; none for other image models)")
     p.add_argument("--patience", type=int, default=None, help="first-stage sweeps without held-out gain (toys 8, images 2)")
     p.add_argument("--solver", default=None, help="solver of the held-out metric (toys dpmpp_2m_sde, images dpmpp_2m)")
@@ -49,6 +50,8 @@ def add_arguments(p):
     p.add_argument("--distributed", action="store_true", help="split samples over torchrun processes")
     p.add_argument("--resume", default=None, metavar="FILE", help="continue from a saved state")
     p.add_argument("--state", default=None, metavar="FILE", help="where to write the state after every sweep")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing state file that is not resumed (a copy is kept as FILE.bak)")
     p.add_argument("--out", required=True, metavar="SCHEDULE.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true")
@@ -71,14 +74,14 @@ def _model_and_data(a, device):
     heldout = None if a.heldout in ("none", "None", "") else a.heldout
     if mc.toy:
         if heldout == "fd":
-            raise ScheduleLabError("--heldout fd needs an image model with the digits metrics; toys use nll or swd")
+            raise ScheduleLabError("--heldout fd needs an image model with the digits metrics; toys use kde_nll, nll or swd")
         return mc.model, mc.data.sample, mc.data, d, heldout, None
     from core.models.registry import model_entry
     from core.optimizers.heldout import FDHeldout
     digits = getattr(model_entry(a.model), "metrics", None) == "digits"
     if heldout == "auto":
         heldout = "fd" if digits else None
-    if heldout in ("nll", "swd"):
+    if heldout in ("nll", "swd", "kde_nll"):
         raise ScheduleLabError(f"--heldout {heldout} is for toys; image models take fd (digits), ref_error or none")
     if heldout == "fd":
         if not digits:
@@ -91,10 +94,12 @@ def _model_and_data(a, device):
 def parse_stages(text):
     if text is None:
         return None
+    from core.limits import check_steps
     try:
-        return tuple(int(x) for x in str(text).split(",") if x.strip())
+        stages = tuple(int(x) for x in str(text).split(",") if x.strip())
     except ValueError:
         raise ScheduleLabError(f"--stages must be comma-separated integers such as 10,20,40; got {text!r}") from None
+    return tuple(check_steps(s, "--stages (each stage)") for s in stages)
 
 
 def parse_max_iters(text):
@@ -131,8 +136,19 @@ def _run(a, part, device) -> int:
     from core.objectives.klub import DEFAULT_CHUNK
     from core.optimizers.ays import AYSOptimizer
     from core.optimizers.base import Optimizer
+    from core.optimizers.progress import ays_progress
+    from core.optimizers.resume import check_writable, claim_state_path
     from core.schedules import Schedule
 
+    # before any work: the output and state paths are writable, an existing state is never clobbered
+    out = check_writable(a.out, "--out")
+    state_path = Path(a.state or a.resume or out.with_name(out.stem + ".state.json"))
+    if state_path.resolve() == out.resolve():
+        raise ScheduleLabError(f"--state and --out are the same file {str(out)!r}; give the state its own path")
+    saved = Optimizer.read_state(a.resume) if a.resume else None
+    bak = claim_state_path(state_path, a.resume, a.force) if part.is_main else None
+    if bak is not None:
+        print(f"--force: the old state {state_path} is kept as {bak}", file=sys.stderr)
     model, sampler, mix, d, heldout, heldout_fn = _model_and_data(a, device)
     start = Schedule.load(a.start) if a.start.endswith(".json") or Path(a.start).is_file() else a.start
     chunk = a.chunk or d["chunk"] or (DEFAULT_CHUNK if device.type == "cpu" else 1 << 18)
@@ -142,23 +158,25 @@ def _run(a, part, device) -> int:
                        heldout_fn=heldout_fn, patience=d["patience"], heldout_solver=d["solver"],
                        heldout_n=d["heldout_n"], mixture=mix, seed=a.seed, chunk=chunk,
                        dtype=getattr(torch, a.dtype), partition=part)
-    out = Path(a.out)
-    state_path = Path(a.state or a.resume or out.with_name(out.stem + ".state.json"))
-    if a.resume:
-        opt.load_state_dict(Optimizer.read_state(a.resume))
+    if saved is not None:
+        opt.load_state_dict(saved)
     bar = None
     if part.is_main and not a.quiet:
         from tqdm import tqdm
-        bar = tqdm(desc="AYS", unit="sweep", initial=len(opt.history), dynamic_ncols=True)
+        # one bar over every stage: percent of the run's work (core.optimizers.progress), with stage
+        # k/K, sweeps against the stage's cap, the early-stopping state and the time left
+        bar = tqdm(desc="AYS", total=100.0, initial=round(100 * ays_progress(opt).fraction, 1), dynamic_ncols=True,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}|{postfix}")
     last = None
     for ev in opt.events():
         last = ev
         if part.is_main:
             opt.save_state(state_path)
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(stage=f"{ev.stage}:{len(ev.schedule.sigmas) - 1}", klub=f"{ev.objective:.4g}",
-                            heldout="-" if ev.heldout is None else f"{ev.heldout:.4g}")
+            p = ays_progress(opt)
+            bar.n = round(100 * p.fraction, 1)
+            bar.set_postfix_str(f"{p.text()}; KLUB {ev.objective:.4g}"
+                                + ("" if ev.heldout is None else f", held-out {ev.heldout:.4g}"))
     if bar is not None:
         bar.close()
     res = opt.result()

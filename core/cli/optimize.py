@@ -5,7 +5,8 @@ from __future__ import annotations
 from core.optional import optional
 
 OPTIMIZE = {"ays": "core.cli.opt_ays", "nonuniform": "core.cli.opt_nonuniform",
-            "score-optimal": "core.cli.opt_score", "gits": "core.cli.opt_gits", "oss": "core.cli.opt_oss"}
+            "score-optimal": "core.cli.opt_score", "gits": "core.cli.opt_gits", "oss": "core.cli.opt_oss",
+            "ld3": "core.cli.opt_ld3"}
 CURVES = {"klub": "core.cli.curve_klub", "stein": "core.cli.curve_stein",
           "truncation": "core.cli.curve_truncation"}
 

@@ -12,6 +12,7 @@ same initial noise (ODE solvers): mean over images of the RMS pixel difference, 
 from __future__ import annotations
 
 import hashlib
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -20,7 +21,7 @@ from torch import nn
 import torch.nn.functional as Fn
 
 from core.errors import ScheduleLabError
-from core.models.checkpoints import ROOT, load_state_dict, read_metadata
+from core.models.checkpoints import ROOT, load_state_dict, read_metadata, state_dict_mismatch
 from core.models.digits import CLASSIFIER_CHECKPOINT
 
 CACHE = ROOT / ".cache" / "schedule_lab"
@@ -69,7 +70,7 @@ def _load_classifier(path: str, device: str) -> DigitClassifier:
         clf.load_state_dict(load_state_dict(path))
     except (RuntimeError, TypeError) as e:
         raise ScheduleLabError(f"classifier checkpoint {path} does not match its architecture: "
-                               f"{str(e).splitlines()[0]}; re-train it") from None
+                               f"{state_dict_mismatch(e)}; re-train it") from None
     return clf.to(device).eval().requires_grad_(False)
 
 
@@ -148,7 +149,11 @@ def reference_error(x: torch.Tensor, ref: torch.Tensor) -> float:
     """Mean over images of the RMS pixel difference between x and the reference from the same noise."""
     if x.shape != ref.shape:
         raise ScheduleLabError(f"reference has shape {tuple(ref.shape)}, samples {tuple(x.shape)}")
-    return float((x.double() - ref.double().to(x.device)).square().flatten(1).mean(1).sqrt().mean())
+    e = float((x.double() - ref.double().to(x.device)).square().flatten(1).mean(1).sqrt().mean())
+    if not math.isfinite(e):
+        raise ScheduleLabError(f"ref_error is {e}: the samples or the many-step reference contain NaN or inf "
+                               "(nothing is reported; check the model and the schedule)")
+    return e
 
 
 @lru_cache(maxsize=4)
@@ -211,24 +216,34 @@ REFERENCE = {"solver": "heun", "schedule": "karras", "steps": 50}   # 99 NFE
 def reference_samples(model, n: int, seed: int = 0, sigma_max: float | None = None,
                       steps: int | None = None, cache: bool = True) -> torch.Tensor:
     """Many-step Heun / EDM (rho = 7) samples (REFERENCE["steps"] steps unless given) from the same
-    initial noise as `sample_images` (seed, sigma_0 = sigma_max); cached under CACHE/reference/."""
+    initial noise as `sample_images` (seed, sigma_0 = sigma_max); cached under CACHE/reference/,
+    keyed by core.cache.model_fingerprint (weights + wrapper options + code version), the reference
+    solver, schedule, steps, sigma range, n and seed. A non-finite reference raises and is never cached."""
     from safetensors.torch import load_file, save_file
 
+    from core import cache as kc
     from core.schedules import make_schedule
     steps = int(steps or REFERENCE["steps"])
     smax = float(sigma_max or model.sigma_max)
     sched = make_schedule(REFERENCE["schedule"], steps, model.sigma_min, smax)
-    key = f"{model_fingerprint(model)}_n{n}_s{seed}_k{steps}_{smax:g}"
-    path = CACHE / "reference" / f"{key}.safetensors"
+    key = (f"{kc.model_fingerprint(model)}_{REFERENCE['solver']}-{REFERENCE['schedule']}{steps}_n{n}_s{seed}"
+           f"_{kc.key_number(model.sigma_min)}-{kc.key_number(smax)}_v{kc.CODE_VERSION}")
+    path = kc.cache_dir("reference", CACHE) / f"{key}.safetensors"
     if cache and path.is_file():
         try:
-            return load_file(str(path))["x"]
+            x = load_file(str(path))["x"]
+            if bool(torch.isfinite(x).all()) and x.shape[0] == n:
+                return x
         except Exception:  # a corrupt cache file is recomputed
-            path.unlink(missing_ok=True)
+            pass
+        path.unlink(missing_ok=True)
     x, _, _ = sample_images(model, sched, REFERENCE["solver"], n, seed)
+    kc.require_finite(x, f"the {steps}-step {REFERENCE['solver']} reference of {getattr(model, 'name', 'the model')}")
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"x": x.contiguous()}, str(path))
+        tmp = path.with_suffix(".tmp")
+        save_file({"x": x.contiguous()}, str(tmp))
+        tmp.replace(path)
     return x
 
 

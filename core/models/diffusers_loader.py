@@ -192,7 +192,7 @@ def _quarter_log_sigma(sigma: torch.Tensor) -> torch.Tensor:
 
 def _load_unet(unet_dir: Path):
     from diffusers import UNet2DModel
-    from core.models.checkpoints import load_state_dict
+    from core.models.checkpoints import load_state_dict, state_dict_mismatch
     has_st = (unet_dir / WEIGHT_FILES[0]).is_file() or (unet_dir / (WEIGHT_FILES[0] + ".index.json")).is_file()
     if not has_st:
         if not (unet_dir / WEIGHT_FILES[1]).is_file():
@@ -202,7 +202,7 @@ def _load_unet(unet_dir: Path):
         unet = UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=has_st, local_files_only=True,
                                            low_cpu_mem_usage=False, torch_dtype=torch.float32)
     except Exception as e:  # diffusers raises OSError / ValueError / RuntimeError / EnvironmentError
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = state_dict_mismatch(e)
         raise ScheduleLabError(f"cannot load the UNet in {str(unet_dir)!r}: {type(e).__name__}: {first}. "
                                "The folder may be corrupt or incomplete; re-save it with save_pretrained") from None
     return unet.eval()

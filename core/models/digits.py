@@ -12,7 +12,7 @@ import torch
 
 from core.errors import ScheduleLabError
 from core.models.base import Denoiser, EDMPrecond
-from core.models.checkpoints import CHECKPOINTS, load_state_dict, read_metadata
+from core.models.checkpoints import CHECKPOINTS, load_state_dict, read_metadata, state_dict_mismatch
 from core.models.unet import UNet
 
 DIGITS_DIR = CHECKPOINTS / "digits"
@@ -59,7 +59,7 @@ def load_unet_checkpoint(path, device="cpu", name: str | None = None) -> UNetDen
         m.load_state_dict(load_state_dict(path))
     except (RuntimeError, TypeError, KeyError) as e:
         raise ScheduleLabError(f"checkpoint {path} does not match the UNet it describes: "
-                               f"{str(e).splitlines()[0]}; re-train it with "
+                               f"{state_dict_mismatch(e)}; re-train it with "
                                "`python -m core train-images digits`") from None
     return m.to(device).eval().requires_grad_(False)
 

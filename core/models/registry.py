@@ -93,9 +93,24 @@ def load_model(name_or_path: str, device="cpu", **options) -> Denoiser:
     for r in RESOLVERS.values():
         if r.match(spec, options):
             return r.load(spec, dev, **{k: v for k, v in options.items() if k in r.options})
+    if Path(spec).expanduser().is_dir():
+        raise ScheduleLabError(_folder_problem(Path(spec).expanduser()))
     forms = "; ".join(f"{r.kind}: {r.help}" for r in RESOLVERS.values())
     raise ScheduleLabError(f"unknown model {spec!r}: not a shipped model ({', '.join(MODELS)}) and no "
                            f"resolver accepts it ({forms}); if it is a file or folder, check the path")
+
+
+def _folder_problem(p: Path) -> str:
+    """Why a folder is not a model: the files a diffusers folder needs that it lacks."""
+    have = sorted(f.name for f in p.iterdir())[:8]
+    if (p / "unet").is_dir():
+        missing = [x for x in ("unet/config.json", "scheduler/scheduler_config.json") if not (p / x).is_file()]
+    else:
+        missing = [x for x in ("config.json", "scheduler_config.json") if not (p / x).is_file()]
+    return (f"{str(p)!r} is a folder but not a model: a diffusers folder needs "
+            f"{' and '.join(missing) or 'its UNet and scheduler configs'}, which it lacks (it holds: "
+            f"{', '.join(have) or 'nothing'}). Save it with diffusers' save_pretrained (UNet2DModel and its "
+            "scheduler: config.json + scheduler_config.json, or unet/ and scheduler/ subfolders)")
 
 
 @lru_cache(maxsize=8)

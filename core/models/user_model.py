@@ -6,7 +6,6 @@ The conversion itself lives in `core.models.wrap`; this module reads files and c
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from core.errors import ScheduleLabError
+from core.models.checkpoints import state_dict_mismatch
 from core.models.wrap import WrappedDenoiser, wrap_module
 
 # ---- user modules: "module.py:ClassName" + a weights file ------------------------------------
@@ -92,7 +92,8 @@ def load_module_spec(spec: str, weights=None, params=None, device="cpu", cls=Non
         try:
             net.load_state_dict(sd, strict=False)               # fit_state_dict checked every key
         except RuntimeError as e:
-            raise ScheduleLabError(f"weights {str(weights)!r} do not fit {spec}: {e}") from None
+            raise ScheduleLabError(f"weights {str(weights)!r} do not fit {spec}: {state_dict_mismatch(e)} "
+                                   "(check --param values)") from None
     return net.to(device).eval()
 
 
@@ -131,6 +132,8 @@ def wrap_options(opts: dict) -> dict:
         for k in ("sigma_min", "sigma_max"):
             if k in o:
                 proc[k] = o[k]
+    if "data_range" in o and not isinstance(o["data_range"], (str, list, tuple)):
+        raise ScheduleLabError(f"bad data_range {o['data_range']!r}; give lo,hi like -1,1")
     if isinstance(o.get("data_range"), str):
         try:
             o["data_range"] = tuple(float(v) for v in o["data_range"].split(","))
@@ -243,25 +246,32 @@ def image_sampler_from(path_or_none, model, cache_dir, n: int = 512, steps: int 
         else:
             raise ScheduleLabError(f"image data {str(p)!r} not found; give a folder of PNGs or an .npz file")
         return ImageData(x, str(p), False)
+    from core import cache as kc
     from core.solvers import get_solver
     get_solver(solver)
-    cache = (Path(cache_dir).expanduser()
-             / f"{_slug(model.name)}-{_fingerprint(model)}-n{n}-{_slug(solver)}{steps}-s{seed}.npz")
+    cache = (Path(cache_dir).expanduser() / (f"{_slug(model.name)}-{kc.model_fingerprint(model)}-v{kc.CODE_VERSION}"
+                                             f"-n{n}-{_slug(solver)}{steps}-s{seed}.npz"))
     x = None
     if cache.is_file():
-        with np.load(cache, allow_pickle=False) as z:
-            x = torch.from_numpy(z["images"]).float()
-        if tuple(x.shape[1:]) == shape and x.shape[0] == n:
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                x = torch.from_numpy(z["images"]).float()
+        except (OSError, ValueError, KeyError):          # unreadable: recomputed below
+            x = None
+        if x is not None and tuple(x.shape[1:]) == shape and x.shape[0] == n and bool(torch.isfinite(x).all()):
             source = f"model samples ({solver}, {steps} steps; cached {cache})"
         else:
             x = None
+            cache.unlink(missing_ok=True)
     if x is None:
-        x = _generate(model, n, steps, seed, batch, progress, solver)
+        x = kc.require_finite(_generate(model, n, steps, seed, batch, progress, solver),
+                              f"the {steps}-step {solver} samples of {model.name}")    # never cache a NaN
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             np.savez(f, images=x.numpy(), info=np.array(json.dumps(
-                {"model": model.name, "n": n, "solver": solver, "schedule": "karras", "steps": steps, "seed": seed})))
+                {"model": model.name, "n": n, "solver": solver, "schedule": "karras", "steps": steps, "seed": seed,
+                 "code_version": kc.CODE_VERSION})))
         tmp.replace(cache)
         source = f"model samples ({solver}, {steps} steps; generated, cached {cache})"
     problems = check_own_samples(x, (lo, hi), float(model.sigma_max))
@@ -407,15 +417,6 @@ def _read_npz(p: Path, shape, lo, hi) -> torch.Tensor:
     if not np.issubdtype(a.dtype, np.floating):
         raise ScheduleLabError(f"images in {str(p)!r} are {a.dtype}; give uint8 pixels or floats in data units")
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-
-
-def _fingerprint(model) -> str:
-    info = {k: v for k, v in model.describe().items() if k not in ("device", "dtype")}
-    h = hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode())
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:12]
 
 
 def _slug(name: str) -> str:

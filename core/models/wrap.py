@@ -229,8 +229,13 @@ class WrappedDenoiser(Denoiser):
             raise unknown_name("display mode", display, DISPLAY_MODES)
         self.event_shape = _shape(event_shape)
         self.sigma_data, self.name, self.display = float(sigma_data), name, display
-        self.data_range = (float(data_range[0]), float(data_range[1]))
-        if not self.data_range[0] < self.data_range[1]:
+        try:
+            lo, hi = data_range
+            self.data_range = (float(lo), float(hi))
+        except (TypeError, ValueError):
+            raise ScheduleLabError(f"data_range must be two numbers lo,hi (e.g. -1,1); got {data_range!r}") from None
+        if not (math.isfinite(self.data_range[0]) and math.isfinite(self.data_range[1])
+                and self.data_range[0] < self.data_range[1]):
             raise ScheduleLabError(f"data_range must be (lo, hi) with lo < hi; got {data_range}")
         self.sigma_min = float(sigma_min if sigma_min is not None else self.process.sigma_min)
         self.sigma_max = float(sigma_max if sigma_max is not None else self.process.sigma_max)
@@ -263,7 +268,16 @@ class WrappedDenoiser(Denoiser):
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s = bcast(sigma, x)
         dt = next((p.dtype for p in self.net.parameters()), torch.float32)
-        out = _tensor_out(self.net((x * self.c_in(s)).to(dt), self.net_time(sigma)), x).to(x.dtype)
+        try:
+            raw = self.net((x * self.c_in(s)).to(dt), self.net_time(sigma))
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, TypeError, ValueError, IndexError) as e:   # the user's network refused the input
+            raise ScheduleLabError(
+                f"the network of {self.name} failed on a batch of shape {list(x.shape)} (event_shape "
+                f"{list(self.event_shape)}; check --param shape and the model's options): "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:900]) from None
+        out = _tensor_out(raw, x).to(x.dtype)
         if self.parametrization == "eps":
             return x - s * out
         if self.parametrization == "v":

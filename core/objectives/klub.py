@@ -201,8 +201,22 @@ def klub_samples(model, noise: dict, a, b, c: float = 0.5, chunk: int = DEFAULT_
     z = klub_normalizer(a, b, c)
     s = sample_sigma(noise["u"], a, b, c)
     sq = squared_differences(model, noise, s, b, chunk, coupling)
+    check_finite_terms(sq, s, a, b, model)
     g = _gap(s, b.unsqueeze(1), c).clamp_min(1e-300)
     return z.unsqueeze(1) * sq / g
+
+
+def check_finite_terms(sq: torch.Tensor, s: torch.Tensor, a, b, model=None) -> None:
+    """Raise ScheduleLabError when ||dD||^2 [M, n] holds NaN / inf: names the interval and sigma
+    where the denoiser first failed (a NaN estimate is never returned as a number)."""
+    bad = ~torch.isfinite(sq)
+    if bool(bad.any()):
+        m, k = (int(i) for i in bad.nonzero()[0])
+        name = getattr(model, "name", None) or getattr(getattr(model, "model", None), "name", "the denoiser")
+        raise ScheduleLabError(
+            f"{name} returned NaN or inf in the KLUB estimate: interval {m} ({float(a[m]):.6g}, {float(b[m]):.6g}) "
+            f"at sigma = {float(s[m, k]):.6g} or {float(b[m]):.6g} ({int(bad.sum())} of {bad.numel()} terms); "
+            "the run is stopped. Check the model and its sigma range")
 
 
 # ---- public estimator -------------------------------------------------------------------------
@@ -299,6 +313,10 @@ def klub_curves(model, sampler, schedule, n_samples: int = 4096, c: float = 0.5,
     quad = (dens * cell).view(M, grid, -1).sum(1)
     q_mean, q_se, _ = mean_se(quad)
     total = float(tot)
+    for what, v in (("total", tot), ("its standard error", tot_se), ("the density", d_mean)):
+        if not bool(torch.isfinite(v).all()):
+            raise ScheduleLabError(f"the KLUB curve of {schedule.label()}: {what} is NaN or inf; nothing is "
+                                   "reported (check the model, n_samples >= 2 and c)")
     return {
         "sigma_lo": a.tolist(), "sigma_hi": b.tolist(),
         "klub": est.tolist(), "klub_se": se.tolist(),

@@ -394,6 +394,10 @@ def truncation_curve(schedule: Schedule, p: float = 1.0, quadrature="auto", nois
     with torch.no_grad():
         terms = bound_terms(schedule_lambdas(schedule), p, quadrature, noise)
     total = float(terms.sum())
+    if not (math.isfinite(total) and bool(torch.isfinite(torch.as_tensor(terms)).all())):
+        raise ScheduleLabError(f"the error bound of {schedule.label()} with p = {p:g} is {total} (the error "
+                               f"model sigma_vp^p / alpha_vp over/underflows); use p in [0, {P_MAX:g}] "
+                               "(1 for pixel models, 2 for latent ones)")
     sig = schedule.sigmas
     quad = set(quadrature_steps(n, quadrature))
     return {
@@ -407,7 +411,10 @@ def truncation_curve(schedule: Schedule, p: float = 1.0, quadrature="auto", nois
     }
 
 
+P_MAX = 16.0          # beyond this sigma_vp^p under/overflows for usual ranges; no model uses p > 4
+
+
 def _check_p(p) -> None:
-    if not isinstance(p, (int, float)) or not math.isfinite(p) or p < 0:
-        raise ScheduleLabError(f"p (the error model's exponent) must be a number >= 0 "
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0 <= p <= P_MAX:
+        raise ScheduleLabError(f"p (the error model's exponent) must be a number in [0, {P_MAX:g}] "
                                f"(1 for pixel models, 2 for latent ones); got {p!r}")

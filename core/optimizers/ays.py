@@ -37,10 +37,10 @@ from core.optimizers.distributed import Partition
 from core.optimizers.heldout import HELDOUT, HeldoutMetric
 from core.schedules import Schedule, make_schedule, resample_loglinear
 
-STATE_FORMAT = "schedule-lab/ays-state/1"
+STATE_FORMAT = "schedule-lab/ays-state/2"       # 2: config records data and model content hashes
 CONFIG_KEYS = ("steps", "stages", "n_samples", "n_candidates", "c", "max_iters", "heldout", "patience",
                "heldout_solver", "heldout_n", "heldout_seed", "seed", "coupling", "dtype", "min_delta",
-               "start", "model")
+               "start", "model", "data", "model_hash")
 
 
 def default_stages(steps: int, subdivisions: int = 2) -> tuple:
@@ -102,7 +102,8 @@ class AYSOptimizer(Optimizer):
         n_samples: Monte Carlo samples per sweep (paper: 8192); c: importance constant (0.5).
         n_candidates: values tried besides the current one (paper: 10).
         max_iters: sweep cap per stage (paper: < 300), or one cap per stage (a list as long as stages).
-        heldout: "auto" (nll with a known mixture, else ref_error) | "nll" | "swd" | "ref_error" | None.
+        heldout: "auto" (kde_nll with a known mixture, which a collapsed sample cannot win, unlike nll;
+            else ref_error) | "kde_nll" | "nll" | "swd" | "ref_error" | None.
         heldout_fn: schedule -> float (lower is better); overrides `heldout`.
         patience: first-stage sweeps without held-out improvement before stopping early (8: on
             grid8x8 the NLL plateaus for up to 5 sweeps before improving again; bench/ays.py).
@@ -156,7 +157,7 @@ class AYSOptimizer(Optimizer):
             self.heldout, self._metric = "custom", heldout_fn
         else:
             if heldout == "auto":
-                heldout = "nll" if mixture is not None else "ref_error"
+                heldout = "kde_nll" if mixture is not None else "ref_error"
             if heldout is not None and heldout not in HELDOUT:
                 raise unknown_name("held-out metric", heldout, HELDOUT + ("auto", "none"))
             self.heldout = heldout
@@ -164,6 +165,9 @@ class AYSOptimizer(Optimizer):
                 heldout, model, heldout_solver, heldout_n, heldout_seed, mixture, sampler)
         self.start = self._start_schedule(start, sigma_min, sigma_max)
         self.sigma_min, self.sigma_max = self.start.sigma_min, self.start.sigma_max
+        from core.cache import model_fingerprint
+        from core.optimizers.resume import data_fingerprint
+        self._fingerprints = {"data": data_fingerprint(sampler, mixture), "model_hash": model_fingerprint(model)}
         self._reset()
 
     # ---- construction helpers ---------------------------------------------------------------
@@ -191,7 +195,8 @@ class AYSOptimizer(Optimizer):
                 "heldout": self.heldout, "patience": self.patience, "heldout_solver": self.heldout_solver,
                 "heldout_n": self.heldout_n, "heldout_seed": self.heldout_seed, "seed": self.seed,
                 "coupling": self.coupling, "dtype": str(self.dtype).replace("torch.", ""), "min_delta": self.min_delta,
-                "start": list(self.start.sigmas), "model": getattr(self.model, "name", "model")}
+                "start": list(self.start.sigmas), "model": getattr(self.model, "name", "model"),
+                **self._fingerprints}
 
     # ---- the optimizer loop ------------------------------------------------------------------
     def current_schedule(self) -> Schedule:
@@ -315,6 +320,13 @@ class AYSOptimizer(Optimizer):
         return self.partition.broadcast_float(h)
 
     def _record(self, total, total_se, per, h, stage, done, message, seconds, levels=None, moved=0):
+        where = f"AYS iteration {self._iteration} (stage {stage}, {len(self._levels)} steps)"
+        if not (math.isfinite(total) and math.isfinite(total_se)):
+            raise ScheduleLabError(f"{where}: the KLUB objective is {total}; the run is stopped (check the model "
+                                   "and the data sampler)")
+        if h is not None and not math.isfinite(h):
+            raise ScheduleLabError(f"{where}: the held-out metric {self.heldout} is {h}; the run is stopped (the "
+                                   "samples diverged: check the model, the solver and the sigma range)")
         levels = list(self._levels if levels is None else levels)
         self._history.append({"iteration": self._iteration, "stage": stage, "objective": total,
                               "objective_se": total_se, "heldout": h, "moved": moved,
@@ -384,13 +396,13 @@ class AYSOptimizer(Optimizer):
 
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise ScheduleLabError(f"not an AYS optimizer state (expected format {STATE_FORMAT!r})")
-        mine, theirs = self.config(), state.get("config", {})
-        diff = [k for k in CONFIG_KEYS if k in theirs and theirs[k] != mine[k]]
-        if diff:
-            k = diff[0]
-            raise ScheduleLabError(f"the saved AYS state was made with {k} = {theirs[k]!r}, this run has "
-                                   f"{mine[k]!r}; resume with the same settings or start a new run")
+            old = isinstance(state, dict) and str(state.get("format", "")).startswith("schedule-lab/ays-state/")
+            raise ScheduleLabError(f"not an AYS optimizer state (expected format {STATE_FORMAT!r}"
+                                   + (f", this one is {state['format']!r} from an older version; start a new run"
+                                      if old else "") + ")")
+        from core.optimizers.resume import check_ays_state_fields, check_resume
+        check_resume(state, self.config(), CONFIG_KEYS, "AYS")
+        check_ays_state_fields(state)
         try:
             levels = [float(x) for x in state["levels"]]
             Schedule(tuple(levels) + (0.0,))

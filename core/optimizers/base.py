@@ -77,13 +77,18 @@ class Optimizer:
 
     @staticmethod
     def read_state(path) -> dict:
+        """A state file through core.readers (size, encoding, depth, digit limits); a JSON object."""
+        from core import readers as rd
         p = Path(path)
         if not p.is_file():
             raise ScheduleLabError(f"optimizer state {str(p)!r} not found; start a run without --resume")
         try:
-            return json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ScheduleLabError(f"optimizer state {str(p)!r} is corrupt ({e}); delete it and start again") from None
+            d = rd.read_json(p, "optimizer state")
+        except ScheduleLabError as e:
+            raise ScheduleLabError(f"{e}; the state is corrupt: delete it and start again") from None
+        if not isinstance(d, dict):
+            raise ScheduleLabError(f"optimizer state {str(p)!r} is not a JSON object; delete it and start again")
+        return d
 
 
 def run_to_end(opt: Optimizer, on_event=None, state_path=None) -> Schedule:

@@ -146,6 +146,10 @@ class NonUniformOptimizer(Optimizer):
         self.noise = noise_family(self.proc) if noise is None else noise
         _check_noise(self.noise)
         self.convention = convention
+        if convention != "paper" and self.steps < 3:
+            raise ScheduleLabError(f"DM-NonUniform with convention 'ours' needs steps >= 3 (n - 2 interior levels "
+                                   f"are optimized; {self.steps} steps leave none): use steps >= 3, or "
+                                   "convention 'paper' (N - 1 levels)")
         self.levels = self.steps + 1 if convention == "paper" else self.steps
         starts = (starts,) if isinstance(starts, str) else tuple(starts)
         if not starts:
@@ -246,11 +250,20 @@ class NonUniformOptimizer(Optimizer):
                 "done": [r.to_dict() for r in self.done]}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("method") != self.method or state.get("config") != self._config():
+        from core import readers as rd
+        if not isinstance(state, dict) or state.get("method") != self.method or state.get("config") != self._config():
             raise ScheduleLabError("this state belongs to a different DM-NonUniform run (steps, range, p, "
                                    "process, starts or quadrature differ); start afresh")
-        self.iteration = self._iteration_done = int(state["iteration"])
-        self.done = [StartResult.from_dict(d) for d in state["done"]]
+        it = rd.integer(state.get("iteration"), "DM-NonUniform state 'iteration'", 0)
+        if not isinstance(state.get("done"), list):
+            raise ScheduleLabError("DM-NonUniform state 'done' must be a list of finished starts; start afresh")
+        try:
+            done = [StartResult.from_dict(rd.mapping(d, "DM-NonUniform state 'done' entry")) for d in state["done"]]
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ScheduleLabError(f"DM-NonUniform state 'done' is malformed ({type(e).__name__}: {e}); "
+                                   "start afresh") from None
+        self.iteration = self._iteration_done = it
+        self.done = done
 
 
 def optimize_nonuniform(steps: int, sigma_min: float | None = None, sigma_max: float | None = None,

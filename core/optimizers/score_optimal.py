@@ -125,11 +125,14 @@ class ScoreOptimalOptimizer(Optimizer):
         self.iteration = 0
         self.seconds = 0.0
         self._placeholder = make_schedule("loglinear", self.steps, self.sigma_min, self.sigma_max)
+        from core.optimizers.resume import data_fingerprint
+        self._data_hash = data_fingerprint(sampler)
 
     def _config(self) -> dict:
         return {"steps": self.steps, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
                 "levels": int(self.grid.size), "n": self.n, "method": self.method_name, "seed": self.seed,
-                "v": "sigma" if self.v is None else "custom", "model": getattr(self.model, "name", "model")}
+                "v": "sigma" if self.v is None else "custom", "model": getattr(self.model, "name", "model"),
+                "data": self._data_hash}
 
     def events(self):
         t0 = time.perf_counter()
@@ -174,12 +177,15 @@ class ScoreOptimalOptimizer(Optimizer):
                 "levels_done": self.levels_done, "delta": self.delta[:self.levels_done].tolist()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("method") != self.method or state.get("config") != self._config():
+        from core import readers as rd
+        if not isinstance(state, dict) or state.get("method") != self.method or state.get("config") != self._config():
             raise ScheduleLabError("this state belongs to a different score-optimal run (steps, range, grid, "
-                                   "n, method, seed, v or model differ); start afresh")
-        k = int(state["levels_done"])
-        self.delta[:k] = np.asarray(state["delta"], dtype=np.float64)
-        self.levels_done, self.iteration = k, int(state["iteration"])
+                                   "n, method, seed, v, model or data differ); start afresh")
+        k = rd.integer(state.get("levels_done"), "score-optimal state 'levels_done'", 0, int(self.grid.size))
+        delta = rd.number_list(state.get("delta"), "score-optimal state 'delta'", k, k)
+        it = rd.integer(state.get("iteration"), "score-optimal state 'iteration'", 0)
+        self.delta[:k] = np.asarray(delta, dtype=np.float64)
+        self.levels_done, self.iteration = k, it
 
 
 def score_optimal_schedule(model, sampler, steps: int, sigma_min: float | None = None,

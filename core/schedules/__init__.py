@@ -71,7 +71,10 @@ def make_schedule(name: str, steps: int, sigma_min: float | None = None, sigma_m
         sigma_max = tab.sigma_max if sigma_max is None else sigma_max
     sigma_min = 0.002 if sigma_min is None else float(sigma_min)
     sigma_max = 80.0 if sigma_max is None else float(sigma_max)
-    if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
+    for k, v in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+        if not math.isfinite(v):
+            raise ScheduleLabError(f"{k} must be a finite number; got {v!r}")
+    if not (0 < sigma_min < sigma_max):
         raise ScheduleLabError(f"need 0 < sigma_min < sigma_max; got sigma_min={sigma_min}, "
                                f"sigma_max={sigma_max}")
     fn = HEURISTICS[name]
@@ -80,13 +83,20 @@ def make_schedule(name: str, steps: int, sigma_min: float | None = None, sigma_m
     if extra:
         raise ScheduleLabError(f"schedule {name!r} has no parameter {sorted(extra)[0]!r}; "
                                f"its parameters: {', '.join(sorted(allowed)) or 'none'}")
+    _check_params(name, params)
     if denoise != 1.0:                  # ComfyUI BasicScheduler: int(n / denoise) steps, keep the last n
         from core.schedules.tables import _denoise_total
         full = make_schedule(name, _denoise_total(steps, denoise), sigma_min, sigma_max, table=table, **params)
         return Schedule(full.sigmas[-(steps + 1):], name=full.name, params={**full.params, "denoise": denoise})
     if steps == 1:
         return Schedule((float(sigma_max), 0.0), name=name, params=params)
-    s = fn(steps, sigma_min, sigma_max, **params)
+    try:
+        s = fn(steps, sigma_min, sigma_max, **params)
+    except ScheduleLabError:
+        raise
+    except (ArithmeticError, ValueError, TypeError) as e:     # a parameter outside the formula's domain
+        raise ScheduleLabError(f"schedule {name!r} cannot be built with {params} between sigma_min = "
+                               f"{sigma_min:g} and sigma_max = {sigma_max:g}: {type(e).__name__}: {e}") from None
     # the endpoints are exact by construction; remove floating-point round-off (e.g. 79.99999999999997)
     sig = list(s.sigmas)
     for i, want in ((0, sigma_max), (-2, sigma_min)):
@@ -94,6 +104,28 @@ def make_schedule(name: str, steps: int, sigma_min: float | None = None, sigma_m
             sig[i] = want
     out = Schedule(tuple(sig), name=s.name, params=s.params)
     return out.with_name(out.name, table=table) if isinstance(table, str) else out
+
+
+# heuristic parameters are positive numbers (laplace's mu any finite number); these have an upper bound
+PARAM_MAX = {"rho": 1e3, "a": 1e3, "b": 1e3, "c": 1e6, "beta_min": 1e3, "beta_max": 1e3, "beta": 1e3, "mu": 1e3}
+SIGNED = ("mu",)
+
+
+def _check_params(name: str, params: dict) -> None:
+    """Each parameter a finite number in (0, PARAM_MAX] ([-max, max] for SIGNED); VP betas with
+    beta_min < beta_max -- before any arithmetic, so 'rho=abc' or 'rho=0' is named, not a traceback."""
+    for k, v in params.items():
+        hi = PARAM_MAX.get(k, 1e6)
+        lo_ok = (lambda x: x >= -hi) if k in SIGNED else (lambda x: x > 0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ScheduleLabError(f"schedule {name!r}: parameter {k} must be a number; got {v!r}")
+        if not (math.isfinite(v) and lo_ok(v) and v <= hi):
+            rng = f"[-{hi:g}, {hi:g}]" if k in SIGNED else f"(0, {hi:g}]"
+            raise ScheduleLabError(f"schedule {name!r}: parameter {k} = {v!r} is out of range; it must be a "
+                                   f"number in {rng}")
+    if params.get("beta_min", 0.1) >= params.get("beta_max", 20.0):
+        raise ScheduleLabError(f"schedule {name!r}: beta_min must be below beta_max; got "
+                               f"{params.get('beta_min', 0.1)} and {params.get('beta_max', 20.0)}")
 
 
 def load_schedule(name_or_file: str, steps: int | None = None, sigma_min: float | None = None,

@@ -14,6 +14,8 @@ import torch
 
 from core.errors import ScheduleLabError
 
+MAX_LEVELS = 100_001          # levels a schedule JSON may hold (100 000 steps)
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -65,28 +67,32 @@ class Schedule:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Schedule":
-        if not isinstance(d, dict) or not isinstance(d.get("sigmas"), (list, tuple)):
+        """A schedule JSON object -> Schedule, every field type- and range-checked (core.readers)."""
+        from core import readers as rd
+        if not isinstance(d, dict) or "sigmas" not in d:
             raise ScheduleLabError("a schedule JSON needs a 'sigmas' list (descending, ending in 0)")
-        params, solver = d.get("params") or {}, d.get("solver")
-        if not isinstance(params, dict) or not (solver is None or isinstance(solver, str)):
-            raise ScheduleLabError("a schedule JSON's 'params' must be an object and 'solver' a string")
-        return cls(tuple(d["sigmas"]), name=str(d.get("name", "imported"))[:200], params=dict(params),
-                   solver=solver)
+        sig = rd.number_list(d["sigmas"], "schedule 'sigmas'", min_len=2, max_len=MAX_LEVELS, lo=0.0)
+        name = rd.string(d.get("name", "imported"), "schedule 'name'", max_len=200, allow_none=True)
+        params = rd.plain_json(rd.mapping(d.get("params"), "schedule 'params'", allow_none=True) or {},
+                               "schedule 'params'")
+        solver = rd.string(d.get("solver"), "schedule 'solver'", max_len=100, allow_none=True)
+        if "steps" in d and rd.integer(d["steps"], "schedule 'steps'", 1) != len(sig) - 1:
+            raise ScheduleLabError(f"schedule 'steps' is {d['steps']} but 'sigmas' has {len(sig)} levels "
+                                   f"({len(sig) - 1} steps); fix one of them")
+        return cls(tuple(sig), name=name or "imported", params=dict(params), solver=solver)
 
     @classmethod
     def load(cls, path) -> "Schedule":
+        """A schedule JSON file (our format, or a bare list of sigmas) -> Schedule."""
+        from core import readers as rd
         p = Path(path)
-        if not p.is_file():
-            raise ScheduleLabError(f"schedule file {str(p)!r} not found")
-        if p.stat().st_size > 1 << 22:
-            raise ScheduleLabError(f"schedule file {str(p)!r} is larger than 4 MiB; a schedule is a short list")
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
-            raise ScheduleLabError(f"schedule file {str(p)!r} is not valid UTF-8 JSON: {e}") from None
+        d = rd.read_json(p, "schedule file")
         if isinstance(d, list):
             d = {"sigmas": d, "name": p.stem}
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except ScheduleLabError as e:
+            raise ScheduleLabError(f"schedule file {str(p)!r}: {e}") from None
 
     def with_name(self, name: str, **params) -> "Schedule":
         return Schedule(self.sigmas, name=name, params={**self.params, **params}, solver=self.solver)

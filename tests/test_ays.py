@@ -156,7 +156,8 @@ def test_heldout_only_in_the_first_stage_when_asked():
     assert all(e.heldout is None for e in evs if e.stage == 1) and evs[-1].stage == 1
 
 
-RESUME = dict(steps=4, max_iters=4, heldout="nll", heldout_n=128, patience=2)
+RESUME = dict(steps=4, max_iters=4, heldout="nll", heldout_n=128, patience=2,
+              significance=0.0)        # plain argmin: points move every sweep, so 9 events cross both stages
 STAGES = {"resample": (4, 8, 16), "subdivide": (4, 7, 13)}
 
 
@@ -278,3 +279,39 @@ def test_cli_accepts_the_papers_stages_and_refuses_non_increasing_ones(tmp_path,
     err = capsys.readouterr().err
     assert "must increase" in err and "10,20,40" in err
 
+
+
+def test_significant_moves_keep_an_optimal_start_that_noise_alone_would_move():
+    """Issue 10 item 5. Data N(0, I) (c_data = 1) make the true KLUB d c^4 Z_1(a, b) (module
+    docstring of core.objectives.klub), so the closed-form optimum of sum Z_1 is the true optimum.
+    Started there with a tiny budget (16 samples) and a mismatched importance constant (0.5, noisy
+    weights), the plain argmin (significance 0) moves points on some seeds and makes the true
+    objective worse; the 2-standard-error rule keeps the start on every seed, reports the moves it
+    held back and the SE of every tested difference."""
+    n = 6
+    lv = list(np.exp(np.linspace(np.log(80), np.log(0.002), n)))
+    for _ in range(200):
+        old = list(lv)
+        for j in range(1, n - 1):
+            f = lambda t: _z_total([lv[j - 1], math.exp(t), lv[j + 1]], 1.0)
+            lv[j] = math.exp(minimize_scalar(f, bounds=(math.log(lv[j + 1]), math.log(lv[j - 1])),
+                                             method="bounded", options={"xatol": 1e-10}).x)
+        if np.max(np.abs(np.log(lv) - np.log(old))) < 1e-9:
+            break
+    best, mix = _z_total(lv, 1.0), gaussian(1.0, 2)
+    start = Schedule(tuple(lv) + (0.0,))
+    worse, kept, rejected = 0, 0, 0
+    for seed in range(6):
+        runs = {}
+        for sig in (0.0, 2.0):
+            opt = AYSOptimizer(MixtureDenoiser(mix), mix.sample, steps=n, stages=(n,), start=start, n_samples=16,
+                               heldout=None, max_iters=10, seed=seed, significance=sig)
+            runs[sig] = (list(opt.events()), opt.result())
+        worse += _z_total(runs[0.0][1].sigmas[:-1], 1.0) > best * (1 + 1e-6)
+        evs, res = runs[2.0]
+        kept += res.sigmas == start.sigmas
+        rejected += sum(e.extra["rejected"] for e in evs)
+        assert all(e.extra["objective_se"] > 0 for e in evs)
+        assert all(len(e.extra["move_se"]) == n - 2 and min(e.extra["move_se"]) >= 0 for e in evs[1:])
+    assert worse >= 2                      # noise alone moves an optimal start
+    assert kept == 6 and rejected >= 2     # the rule holds those moves back

@@ -15,7 +15,7 @@ from core.errors import ScheduleLabError
 from core.optional import optional
 
 COMMAND_MODULES = ["core.cli.basic", "core.cli.train", "core.cli.optimize",
-                   "core.cli.images", "core.cli.convert", "core.cli.cache"]
+                   "core.cli.images", "core.cli.convert", "core.cli.cache", "core.cli.tune"]
 
 
 class OneLineParser(argparse.ArgumentParser):

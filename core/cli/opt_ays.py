@@ -41,6 +41,9 @@ def add_arguments(p):
     p.add_argument("--patience", type=int, default=None, help="first-stage sweeps without held-out gain (toys 8, images 2)")
     p.add_argument("--solver", default=None, help="solver of the held-out metric (toys dpmpp_2m_sde, images dpmpp_2m)")
     p.add_argument("--heldout-n", type=int, default=None, help="held-out samples (toys 8192, images 1000)")
+    p.add_argument("--significance", type=float, default=2.0,
+                   help="move a point only when its KLUB gain exceeds this many standard errors of the paired "
+                        "(common-random-number) difference; 0 = plain argmin (the paper)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk", type=int, default=None, help="denoiser rows per call")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
@@ -157,7 +160,8 @@ def _run(a, part, device) -> int:
                        n_candidates=a.candidates, c=a.c, max_iters=parse_max_iters(d["max_iters"]), heldout=heldout,
                        heldout_fn=heldout_fn, patience=d["patience"], heldout_solver=d["solver"],
                        heldout_n=d["heldout_n"], mixture=mix, seed=a.seed, chunk=chunk,
-                       dtype=getattr(torch, a.dtype), partition=part)
+                       dtype=getattr(torch, a.dtype), partition=part,
+                       significance=a.significance)
     if saved is not None:
         opt.load_state_dict(saved)
     bar = None

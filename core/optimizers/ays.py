@@ -40,7 +40,7 @@ from core.schedules import Schedule, make_schedule, resample_loglinear
 STATE_FORMAT = "schedule-lab/ays-state/2"       # 2: config records data and model content hashes
 CONFIG_KEYS = ("steps", "stages", "n_samples", "n_candidates", "c", "max_iters", "heldout", "patience",
                "heldout_solver", "heldout_n", "heldout_seed", "seed", "coupling", "dtype", "min_delta",
-               "start", "model", "data", "model_hash")
+               "start", "model", "data", "model_hash", "significance")
 
 
 def default_stages(steps: int, subdivisions: int = 2) -> tuple:
@@ -107,7 +107,11 @@ class AYSOptimizer(Optimizer):
         heldout_fn: schedule -> float (lower is better); overrides `heldout`.
         patience: first-stage sweeps without held-out improvement before stopping early (8: on
             grid8x8 the NLL plateaus for up to 5 sweeps before improving again; bench/ays.py).
-        min_delta: improvement smaller than this does not count.
+        min_delta: held-out improvement smaller than this does not count.
+        significance: a point moves only when its best candidate's common-random-number KLUB
+            difference to the current value is below -significance standard errors of that paired
+            difference (2.0: noise alone then moves a point in ~2 % of tests instead of most of
+            them on a tiny budget; 0 = the paper's plain argmin).
         heldout_solver, heldout_n, heldout_seed: how the metric samples.
         heldout_every_stage: measure the held-out metric after every sweep of every stage (the curve
             the app plots; default) or only in the first stage, where it decides (saves its cost).
@@ -126,7 +130,8 @@ class AYSOptimizer(Optimizer):
                  heldout: str | None = "auto", heldout_fn=None, patience: int = 8, min_delta: float = 0.0,
                  heldout_solver: str = "dpmpp_2m_sde", heldout_n: int = 8192, heldout_seed: int = 1234,
                  mixture=None, seed: int = 0, chunk: int = DEFAULT_CHUNK, coupling: str = "bridge",
-                 dtype=torch.float32, partition: Partition | None = None, heldout_every_stage: bool = True):
+                 dtype=torch.float32, partition: Partition | None = None, heldout_every_stage: bool = True,
+                 significance: float = 2.0):
         caps = list(max_iters) if isinstance(max_iters, (list, tuple)) else [max_iters]
         for name, v, lo in (("steps", steps, 3), ("n_samples", n_samples, 2), ("n_candidates", n_candidates, 1),
                             *(("max_iters", m, 1) for m in caps), ("patience", patience, 1), ("chunk", chunk, 1)):
@@ -142,6 +147,9 @@ class AYSOptimizer(Optimizer):
         self.c = _check_c(c)
         self.n_samples, self.n_candidates, self.max_iters = n_samples, n_candidates, max_iters
         self.patience, self.min_delta, self.seed = patience, float(min_delta), int(seed)
+        if not (isinstance(significance, (int, float)) and math.isfinite(significance) and significance >= 0):
+            raise ScheduleLabError(f"AYS significance must be a number >= 0 (standard errors); got {significance!r}")
+        self.significance = float(significance)
         if coupling not in COUPLINGS:
             raise unknown_name("coupling", coupling, COUPLINGS)
         if dtype not in (torch.float32, torch.float64):
@@ -196,7 +204,7 @@ class AYSOptimizer(Optimizer):
                 "heldout_n": self.heldout_n, "heldout_seed": self.heldout_seed, "seed": self.seed,
                 "coupling": self.coupling, "dtype": str(self.dtype).replace("torch.", ""), "min_delta": self.min_delta,
                 "start": list(self.start.sigmas), "model": getattr(self.model, "name", "model"),
-                **self._fingerprints}
+                "significance": self.significance, **self._fingerprints}
 
     # ---- the optimizer loop ------------------------------------------------------------------
     def current_schedule(self) -> Schedule:
@@ -207,8 +215,9 @@ class AYSOptimizer(Optimizer):
 
         event.schedule is the swept schedule, event.objective its total KLUB (from that sweep's
         samples), event.heldout the held-out metric (None without one), event.stage the stage index;
-        event.extra: per_interval (KLUB of each interval, high sigma first), objective_se, moved
-        (points changed), early_stopped_at (first-stage sweep kept, once decided), stage_steps,
+        event.extra: per_interval (KLUB of each interval, high sigma first), objective_se (the KLUB
+        total's standard error this sweep), moved (points changed), rejected (best candidates kept
+        back as not significant), move_se (SE of each tested point's paired difference), significance, early_stopped_at (first-stage sweep kept, once decided), stage_steps,
         heldout_name, seconds, next_sigmas (where the next sweep starts: after an early-stop revert
         or a subdivision). The state is saved-ready after every event."""
         if not self._started:
@@ -260,17 +269,22 @@ class AYSOptimizer(Optimizer):
             else:
                 self._done = True
         return self._record(total, total_se, per, h, stage, self._done, why, time.perf_counter() - t0,
-                            levels=swept, moved=moved)
+                            levels=swept, moved=moved, stats=self._sweep_stats)
 
     def _coordinate_sweep(self):
         """One sweep (odd then even points in stage 0; only the new, odd points later) with ONE set
-        of common random numbers; returns (points moved, per-interval KLUB, total, its SE)."""
+        of common random numbers; returns (points moved, per-interval KLUB, total, its SE).
+
+        A point moves to its best candidate only when the paired difference of the two KLUB sums
+        (same samples) is below -significance x its standard error; otherwise it stays (counted in
+        self._sweep_stats["rejected"], with every tested point's difference SE in "move_se")."""
         p = self.partition
         noise = slice_noise(draw_noise(self.sampler, self.n_samples, self._gen), p.slice(self.n_samples))
         L = torch.tensor(self._levels, dtype=torch.float64)
         inner = list(range(1, len(L) - 1))
         halves = [inner[0::2], inner[1::2]] if self._moves_all() else [inner[0::2]]
         vals, moved = {}, 0                      # interval i = (L[i+1], L[i]) -> per-sample terms
+        rejected, diff_se = 0, []
         for idx in halves:
             if not idx:
                 continue
@@ -281,8 +295,16 @@ class AYSOptimizer(Optimizer):
             hi = torch.cat([cand, L[j - 1].unsqueeze(1).expand(P, C)]).reshape(-1)
             v = klub_samples(self._den, noise, lo, hi, self.c, self.chunk, self.coupling)
             v_lo, v_hi = v.view(2, P, C, -1).unbind(0)
-            score = p.allreduce((v_lo + v_hi).sum(-1))                             # [P, C]
+            tot = v_lo + v_hi                                                       # [P, C, n]
+            score = p.allreduce(tot.sum(-1))                                        # [P, C]
             best = score.argmin(dim=1)                                              # ties keep current
+            # significance: paired (common-random-number) difference best - current, per sample
+            d = tot[torch.arange(P), best] - tot[:, 0]                              # [P, n]
+            dm, dse, _ = mean_se(d, p)
+            keep = (best == 0) | ~(dm < -self.significance * dse)
+            rejected += int(((best != 0) & keep).sum())
+            diff_se += dse.tolist()
+            best = torch.where(keep, torch.zeros_like(best), best)
             for q, jj in enumerate(idx):
                 k = int(best[q])
                 moved += int(k != 0)
@@ -292,6 +314,7 @@ class AYSOptimizer(Optimizer):
         V = torch.stack([vals[i] for i in range(len(L) - 1)])
         per, _, _ = mean_se(V, p)
         total, total_se, _ = mean_se(V.sum(0, keepdim=True), p)
+        self._sweep_stats = {"rejected": rejected, "move_se": diff_se}
         return moved, per.tolist(), float(total), float(total_se)
 
     def _moves_all(self) -> bool:
@@ -319,7 +342,7 @@ class AYSOptimizer(Optimizer):
         h = float(self._metric(self.current_schedule())) if self.partition.is_main else None
         return self.partition.broadcast_float(h)
 
-    def _record(self, total, total_se, per, h, stage, done, message, seconds, levels=None, moved=0):
+    def _record(self, total, total_se, per, h, stage, done, message, seconds, levels=None, moved=0, stats=None):
         where = f"AYS iteration {self._iteration} (stage {stage}, {len(self._levels)} steps)"
         if not (math.isfinite(total) and math.isfinite(total_se)):
             raise ScheduleLabError(f"{where}: the KLUB objective is {total}; the run is stopped (check the model "
@@ -328,12 +351,14 @@ class AYSOptimizer(Optimizer):
             raise ScheduleLabError(f"{where}: the held-out metric {self.heldout} is {h}; the run is stopped (the "
                                    "samples diverged: check the model, the solver and the sigma range)")
         levels = list(self._levels if levels is None else levels)
+        st = stats or {"rejected": 0, "move_se": []}
         self._history.append({"iteration": self._iteration, "stage": stage, "objective": total,
-                              "objective_se": total_se, "heldout": h, "moved": moved,
+                              "objective_se": total_se, "heldout": h, "moved": moved, "rejected": st["rejected"],
                               "seconds": seconds, "sigmas": levels + [0.0]})
         sched = Schedule(tuple(levels) + (0.0,), name="ays", params=self._params())
         extra = {"per_interval": per, "objective_se": total_se, "early_stopped_at": self._early_stopped_at,
-                 "moved": moved, "stage_steps": len(levels), "heldout_name": self.heldout,
+                 "moved": moved, "rejected": st["rejected"], "move_se": st["move_se"],
+                 "significance": self.significance, "stage_steps": len(levels), "heldout_name": self.heldout,
                  "stage_init": self.stage_inits()[stage], "seconds": seconds,
                  "next_sigmas": list(self._levels) + [0.0]}
         return ProgressEvent("ays", self._iteration, sched, total, h, stage, done, message, extra)

@@ -9,16 +9,18 @@ import inspect
 from pathlib import Path
 
 from core.errors import ScheduleLabError, unknown_name
+from core.schedules.flow import FLOW_HEURISTICS, FLOW_PRESETS, oss_preset
 from core.schedules.heuristics import ALIASES, HEURISTICS
 from core.schedules.io import FORMATS, export, parse  # noqa: F401
 from core.schedules.presets import AYS_PRESETS, ays_preset, loglinear_interp, resample_loglinear  # noqa: F401
 from core.schedules.schedule import Schedule, validate_sigmas  # noqa: F401
 
 PRESETS = tuple(f"ays_{k}" for k in AYS_PRESETS)
+HEURISTICS = {**HEURISTICS, **FLOW_HEURISTICS}     # flow-time heuristics (core/schedules/flow.py)
 
 
 def schedule_names() -> tuple:
-    return tuple(HEURISTICS) + PRESETS
+    return tuple(HEURISTICS) + PRESETS + FLOW_PRESETS
 
 
 def make_schedule(name: str, steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
@@ -32,6 +34,8 @@ def make_schedule(name: str, steps: int, sigma_min: float = 0.002, sigma_max: fl
     name = ALIASES.get(name, name)
     if name in PRESETS:
         return ays_preset(name[4:], steps)
+    if name in FLOW_PRESETS:
+        return oss_preset(name, steps)
     if name not in HEURISTICS:
         raise unknown_name("schedule", name, schedule_names())
     fn = HEURISTICS[name]

@@ -12,13 +12,15 @@ from core.solvers import get_solver
 
 
 class CountingDenoiser:
-    """Wraps a Denoiser and counts its calls (NFE counts model calls, not steps)."""
+    """Wraps a Denoiser and counts its network calls (NFE counts model calls, not steps): a
+    guided denoiser (core.models.guidance) costs `calls_per_eval` = 2 per evaluation, else 1."""
 
     def __init__(self, model):
         self.model, self.calls = model, 0
+        self.per_eval = int(getattr(model, "calls_per_eval", 1))
 
     def __call__(self, x, sigma):
-        self.calls += 1
+        self.calls += self.per_eval
         return self.model(x, sigma)
 
 

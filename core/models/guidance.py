@@ -94,6 +94,14 @@ class GuidedDenoiser(Denoiser):
         one = cond is None or w in (0.0, 1.0) or base.guidance_distilled
         self.calls_per_eval = 1 if one else 2
 
+    @property
+    def dtype(self):
+        return self.base.dtype
+
+    @property
+    def device(self):
+        return self.base.device
+
     def denoise(self, x, sigma):
         if self.cond is None or self.w == 0.0:
             return self.base.denoise_cond(x, sigma, None)

@@ -23,6 +23,7 @@ from core.errors import ScheduleLabError
 from core.optional import optional
 from core.models.base import Denoiser
 from core.models.digits import DIGITS_CHECKPOINT, load_digits_model, load_unet_checkpoint
+from core.models.digits_flow import FLOW_CHECKPOINT, load_digits_flow_model
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ MODELS: dict[str, ModelEntry] = {
     "digits": ModelEntry("digits", load_digits_model, DIGITS_CHECKPOINT,
                          "EDM UNet on scikit-learn digits, 1x16x16 in [-1, 1] (checkpoints/digits/CARD.md)",
                          data=_digits_data, metrics="digits", schedules=DIGITS_CHECKPOINT.parent / "ays.json"),
+    "digits-flow": ModelEntry("digits-flow", load_digits_flow_model, FLOW_CHECKPOINT,
+                              "class-conditional rectified-flow UNet on the digits (velocity, 10 classes + null "
+                              "label; --label / --cfg guide it; checkpoints/digits-flow/CARD.md)",
+                              data=_digits_data, metrics="digits"),
 }
 
 RESOLVERS: dict[str, Resolver] = {}

@@ -113,6 +113,20 @@ class GuidedDenoiser(Denoiser):
         d_cond, d_uncond = self.base.denoise_pair(x, sigma, c)
         return d_uncond + self.w * (d_cond - d_uncond)
 
+    def guidance_key(self) -> str:
+        """What distinguishes this guided model from its base and from other labels / scales."""
+        c = self.cond.tolist() if isinstance(self.cond, torch.Tensor) else self.cond
+        return f"guided|{c!r}|{self.w!r}"
+
+    def expected_labels(self, n: int, chunk: int | None = None) -> torch.Tensor | None:
+        """The label sample i of an n-batch gets ([n] int64), when the conditioning is class labels;
+        labels cycle within each model call's batch, so pass the sampler's chunk size if it splits."""
+        if self.cond is None or not self.base.num_classes:
+            return None
+        idx = torch.arange(n) if chunk is None else torch.arange(n) % chunk
+        lab = self.base.expand_cond(self.cond, n).cpu()
+        return lab[idx]
+
     def describe(self) -> dict:
         return {**super().describe(), "label": _cond_str(self.cond), "guidance_scale": self.w,
                 "calls_per_eval": self.calls_per_eval}

@@ -36,6 +36,7 @@ class ModelEntry:
     data: Callable[[], object] | None = None      # () -> training images [N, *event_shape] (model units)
     metrics: str | None = None                    # "digits": the digit classifier's metrics apply
     schedules: Path | None = None                 # optimized schedules shipped with it (JSON {"stages": {n: sigmas}})
+    labels: Callable[[], object] | None = None    # () -> class labels [N] of `data` (conditional models)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ def _digits_data():
     return load_digits_split().train_x
 
 
+def _digits_labels():
+    from core.data.digits import load_digits_split
+    return load_digits_split().train_y
+
+
 MODELS: dict[str, ModelEntry] = {
     "digits": ModelEntry("digits", load_digits_model, DIGITS_CHECKPOINT,
                          "EDM UNet on scikit-learn digits, 1x16x16 in [-1, 1] (checkpoints/digits/CARD.md)",
@@ -60,7 +66,7 @@ MODELS: dict[str, ModelEntry] = {
     "digits-flow": ModelEntry("digits-flow", load_digits_flow_model, FLOW_CHECKPOINT,
                               "class-conditional rectified-flow UNet on the digits (velocity, 10 classes + null "
                               "label; --label / --cfg guide it; checkpoints/digits-flow/CARD.md)",
-                              data=_digits_data, metrics="digits"),
+                              data=_digits_data, metrics="digits", labels=_digits_labels),
 }
 
 RESOLVERS: dict[str, Resolver] = {}
@@ -167,7 +173,7 @@ SAMPLES_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "schedule_lab" 
 
 
 def model_data(spec: str, model: Denoiser, data=None, cache_dir=None, n: int = 512, steps: int = 50,
-               seed: int = 0, progress=None):
+               seed: int = 0, progress=None, label=None):
     """Images x0 for an optimizer on `model` (core.models.user_model.ImageData; `.source` says where
     they came from and `.generated` whether they are the model's own samples).
 
@@ -175,11 +181,16 @@ def model_data(spec: str, model: Denoiser, data=None, cache_dir=None, n: int = 5
     shipped model's own training split (digits: the scikit-learn training split), otherwise the
     model's own n many-step Heun samples, generated once and cached in cache_dir (default
     .cache/schedule_lab/samples): the optimizer then fits the model, not the data, and callers
-    must say so."""
+    must say so. label: one class (int) of a conditional shipped model selects that class's
+    training images; several labels keep all (each image then meets the guided field of the label
+    its batch row gets, not necessarily its own: an approximation the caller should state)."""
     from core.models.user_model import ImageData, image_sampler_from
     entry = MODELS.get(str(spec))
     if data is None and entry is not None and entry.data is not None:
         x = torch.as_tensor(entry.data()).float()
+        if isinstance(label, int) and entry.labels is not None:
+            x = x[torch.as_tensor(entry.labels()) == label]
+            return ImageData(x, f"{entry.name} training split, class {label} ({x.shape[0]} images)", False)
         return ImageData(x, f"{entry.name} training split ({x.shape[0]} images)", False)
     return image_sampler_from(data, model, SAMPLES_CACHE if cache_dir is None else cache_dir, n=n, steps=steps,
                               seed=seed, progress=progress)

@@ -55,6 +55,66 @@ class ConditionalDenoiser(Denoiser):
         return self.denoise_cond(x, sigma, cond), self.denoise_cond(x, sigma, None)
 
 
+class ConditionalWrapped(ConditionalDenoiser):
+    """A wrapped user network (core.models.wrap.WrappedDenoiser) that takes a conditioning keyword.
+
+    D(x, sigma | c) = inner.denoise(x, sigma, {cond_kwarg: c}), with c = null_cond for None.
+    Conditioning: class labels (num_classes > 0; an int or a list cycled over the batch) or a
+    tensor [1, ...] (broadcast to the batch) or [B, ...].
+    """
+
+    def __init__(self, inner, cond_kwarg: str, null_cond=None, num_classes: int = 0,
+                 guidance_kwarg: str | None = None):
+        super().__init__()
+        if null_cond is None and guidance_kwarg is None:
+            raise ScheduleLabError("a conditional network needs null_cond (its unconditional input, e.g. the "
+                                   "null label) for classifier-free guidance")
+        self.inner, self.cond_kwarg, self.null_cond = inner, str(cond_kwarg), null_cond
+        self.num_classes = int(num_classes)
+        self.guidance_kwarg = guidance_kwarg                     # guidance-distilled: w is a network input
+        self.guidance_distilled = guidance_kwarg is not None
+        for k in ("event_shape", "sigma_min", "sigma_max", "sigma_data", "name", "display", "data_range",
+                  "parametrization", "process", "input_scaling", "time_input"):
+            if hasattr(inner, k):
+                setattr(self, k, getattr(inner, k))
+
+    @property
+    def net(self):
+        return self.inner.net
+
+    def expand_cond(self, cond, batch: int):
+        if isinstance(cond, torch.Tensor) and not (self.num_classes and cond.dtype == torch.long and cond.ndim <= 1):
+            c = cond.to(self.device)
+            if c.shape[0] == batch:
+                return c
+            if c.shape[0] == 1:
+                return c.expand(batch, *c.shape[1:])
+            raise ScheduleLabError(f"a conditioning tensor of batch {c.shape[0]} for a batch of {batch}; give 1 or {batch}")
+        return cycle_labels(cond, batch, self.num_classes, self.device)
+
+    def _null(self, batch: int):
+        if isinstance(self.null_cond, torch.Tensor):
+            return self.expand_cond(self.null_cond, batch)
+        return torch.full((batch,), int(self.null_cond), dtype=torch.long, device=self.device)
+
+    def denoise_cond(self, x, sigma, cond):
+        if isinstance(cond, tuple):                                   # guidance-distilled: (cond, w), 1 call
+            c, w = cond
+            return self.inner.denoise(x, sigma, {self.cond_kwarg: c,
+                                                 self.guidance_kwarg: torch.full_like(sigma, w, dtype=torch.float32)})
+        c = self._null(x.shape[0]) if cond is None else cond
+        return self.inner.denoise(x, sigma, {self.cond_kwarg: c})
+
+    def denoise_pair(self, x, sigma, cond):
+        """Both branches in one call of 2B (labels or tensors of matching shape), else two calls."""
+        null = self._null(x.shape[0])
+        if isinstance(cond, torch.Tensor) and cond.shape[1:] == null.shape[1:]:
+            d = self.inner.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                                   {self.cond_kwarg: torch.cat([cond, null.to(cond.dtype)])})
+            return d.chunk(2)
+        return super().denoise_pair(x, sigma, cond)
+
+
 def cycle_labels(labels, batch: int, num_classes: int, device="cpu") -> torch.Tensor:
     """int or sequence of ints in 0..num_classes-1 -> [batch] int64, labels[i % len] for sample i."""
     lab = torch.as_tensor(labels, dtype=torch.long).reshape(-1)

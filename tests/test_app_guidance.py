@@ -23,7 +23,7 @@ def test_playground_labelled_toy_with_guidance():
     x = generate(model, s, 500, solver="dpmpp_2m", seed=0).x.numpy()
     got = trace(figures(at)["pg_fig_samples_A"], "samples")
     np.testing.assert_allclose(arr(got["x"]), x[:, 0], rtol=1e-10)
-    assert (x[:, 0] > 0).mean() > 0.95 and (x[:, 1] < 0).mean() > 0.95          # quadrant 2: x > 0, y < 0
+    assert ((x[:, 0] > 0) & (x[:, 1] < 0)).mean() > 0.6      # quadrant 2 (x > 0, y < 0) at 5 steps; chance 0.25
 
 
 def test_images_page_label_and_guidance_for_digits_flow():

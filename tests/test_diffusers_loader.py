@@ -82,7 +82,9 @@ def test_euler_equals_diffusers_euler_discrete(unet, tmp_path, schedule, predict
         sig = torch.tensor(s.sigmas, dtype=torch.float32)
         ref = diffusers_euler(unet, sched, sig.tolist(), noise)
         ours = get_solver("euler").fn(model, noise * sig[0], sig.double())
-        assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-4), (name, (ours - ref).abs().max())
+        # float32 states reach |x| ~ 4e4 here (ulp 0.004): the absolute tolerance scales with the state
+        scale = max(1.0, float(ref.abs().max()))
+        assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-4 * scale), (name, (ours - ref).abs().max())
         assert (ours - ref).abs().max() < 1e-4 * max(1.0, ref.abs().max())
 
 

@@ -84,11 +84,11 @@ def test_guided_endpoint_is_not_the_sharpened_density():
     """grid8x8 with quadrant classes: p(c | x) ~ 1 on the class's components (they are far apart), so
     the sharpened target p(x) p(c | x)^w / Z ~ p(x | c) puts 1/16 on each of its components at any w.
     The guided ODE at w = 4 instead piles most samples on the corner farthest from the other classes;
-    at w = 1 it samples p(x | c) (each component ~1/16)."""
+    at w = 1 it samples p(x | c) (each component ~1/16). (dpmpp_2m, 24 steps: 0.61 on the corner; 48 steps: 0.76.)"""
     lm = get_labelled_toy("grid8x8")
     for w, lo, hi in ((1.0, 0.0, 0.15), (4.0, 0.5, 1.0)):
         g = GuidedDenoiser(LabelledMixtureDenoiser(lm), 3, w)
-        x = generate(g, make_schedule("karras", 12, 0.002, 80.0), 200, "heun", seed=0).x
+        x = generate(g, make_schedule("karras", 24, 0.002, 80.0), 200, "dpmpp_2m", seed=0).x
         k = torch.cdist(x, lm.mixture.means).argmin(1)
         assert (lm.labels[k] == 3).all()
         top = torch.bincount(k, minlength=64).max().item() / 200

@@ -99,7 +99,8 @@ def write_flow_card(folder=None, n: int = 1000, seeds=(0, 1), cond_n: int = 500)
     nparams = sum(p.numel() for p in model.parameters())
     busy = tr.get("cpu_seconds", float("nan")) / (tr["seconds"] * tr["threads"])
     curve = tr["loss_curve"]
-    pick = curve[:: max(1, len(curve) // 10)] + ([curve[-1]] if len(curve) % 10 else [])
+    pick = curve[:: max(1, len(curve) // 10)]
+    pick += [curve[-1]] if pick[-1] != curve[-1] else []
     o = tr["options"]
     ci = lambda v, f=".4f": f"{v[0]:{f}} ± {v[1]:{f}}"  # noqa: E731
     yes = lambda b: "met" if b else "**NOT met**"  # noqa: E731
@@ -121,7 +122,7 @@ def write_flow_card(folder=None, n: int = 1000, seeds=(0, 1), cond_n: int = 500)
         f"{nparams:,} parameters; {path.stat().st_size / 1e6:.1f} MB safetensors (float32). Valid t range "
         f"[{meta['t_min']}, {meta['t_max']}] (sigma [{model.sigma_min:.4g}, {model.sigma_max:.4g}]).", "",
         "## Training",
-        f"`python -m core train-images digits-flow --steps {o['steps']} --minutes 68 --threads 1` "
+        "`python -m core train-images digits-flow --steps 5000 --minutes 68 --threads 1` (this run) "
         "(`core/train/flow.py`): conditional flow-matching loss ||u - (eps - x0)||^2; t ~ logit-normal"
         f"({o['logit_mean']}, {o['logit_std']}) (SD3) mixed with {o['uniform_frac']:.0%} uniform t; label dropout "
         f"{o['label_dropout']:.0%} (null label); Adam lr {o['lr']} (warm-up {o['warmup']}, cosine to 10 % over the "

@@ -65,7 +65,7 @@ def speed(v: float):
 # ---------------------------------------------------------------- objectives
 @st.cache_data(show_spinner="Estimating KLUB per interval ...", max_entries=64)
 def klub(toy: str, kind: str, device: str, sigmas: tuple, n_samples: int, c: float, seed: int) -> dict:
-    return _plain(klub_curves(toy_model(toy, kind, device), toy_sampler(toy), Schedule(sigmas),
+    return _plain(klub_curves(toy_model(toy, kind, device), toy_sampler(toy, kind), Schedule(sigmas),
                               n_samples=n_samples, c=c, seed=seed))
 
 
@@ -74,7 +74,7 @@ def stein_grid_density(toy: str, kind: str, device: str, sigma_min: float, sigma
                        n: int, v: float, seed: int) -> tuple:
     """(grid, delta): the Stein cost density on `levels` log-spaced levels, shared by all schedules."""
     grid = log_grid(sigma_min, sigma_max, levels)
-    return grid, stein_density(toy_model(toy, kind, device), toy_sampler(toy), grid, n=n, v=speed(v), seed=seed)
+    return grid, stein_density(toy_model(toy, kind, device), toy_sampler(toy, kind), grid, n=n, v=speed(v), seed=seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -99,27 +99,54 @@ def optimizer_factory(method: str, knobs: dict, toy: str, kind: str, device: str
     maxiter, starts, seed."""
     k = knobs
     model = toy_model(toy, kind, device)
+    guided = "|" in kind               # the guided labelled toy: its ODE does not sample a known density
     if method == "ays":
         stages = default_stages(k["steps"], k["stages"] - 1)
-        return lambda: AYSOptimizer(model, toy_sampler(toy), steps=k["steps"], stages=stages,
+        heldout = "ref_error" if guided and k["heldout"] in ("nll", "swd") else k["heldout"]
+        return lambda: AYSOptimizer(model, toy_sampler(toy, kind), steps=k["steps"], stages=stages,
                                     n_samples=k["n_samples"], n_candidates=k["n_candidates"], c=k["c"],
-                                    max_iters=k["max_iters"], heldout=k["heldout"], patience=k["patience"],
+                                    max_iters=k["max_iters"], heldout=heldout, patience=k["patience"],
                                     heldout_solver=k["heldout_solver"], heldout_n=k["heldout_n"],
-                                    mixture=get_toy(toy), seed=k["seed"])
+                                    mixture=None if guided else get_toy(toy), seed=k["seed"])
     if method == "nonuniform":
         return lambda: NonUniformOptimizer(k["steps"], model.sigma_min, model.sigma_max, p=k["p"],
                                            starts=tuple(k["starts"]), maxiter=k["maxiter"], strict=False)
     if method == "score_optimal":
         chunk = k["n_samples"] * max(1, math.ceil(k["levels"] / 10))         # about ten events
-        return lambda: ScoreOptimalOptimizer(model, toy_sampler(toy), k["steps"], levels=k["levels"],
+        return lambda: ScoreOptimalOptimizer(model, toy_sampler(toy, kind), k["steps"], levels=k["levels"],
                                              n=k["n_samples"], v=speed(k["v"]), seed=k["seed"],
                                              chunk_points=chunk)
     raise KeyError(method)
 
 # ---------------------------------------------------------------- image models
+GUIDE = "#"            # model id of a guided conditional model: NAME#LABEL#W (LABEL: a class or "all")
+
+
+def guided_model_id(name: str, label: str | None, w: float) -> str:
+    """The id under which the page caches `name` guided towards `label` at scale w (label None: `name`)."""
+    return name if label in (None, "none") else f"{name}{GUIDE}{label}{GUIDE}{float(w):g}"
+
+
+def _split_model_id(model_id: str):
+    parts = model_id.rsplit(GUIDE, 2)
+    if len(parts) == 3 and (parts[1] == "all" or parts[1].isdigit()):
+        return parts[0], parts[1], float(parts[2])
+    return model_id, None, None
+
+
 @st.cache_resource(show_spinner="Loading image model ...")
 def image_model(name_or_path: str, device: str):
-    return optional(REGISTRY).load_model(name_or_path, device)
+    name, label, w = _split_model_id(name_or_path)
+    model = optional(REGISTRY).load_model(name, device)
+    if label is None:
+        return model
+    from core.models.guidance import guided, parse_label
+    return guided(model, parse_label(label), w)
+
+
+def image_num_classes(model_id: str, device: str) -> int:
+    """Classes of a conditional image model (0: unconditional)."""
+    return int(getattr(image_model(_split_model_id(model_id)[0], device), "num_classes", 0) or 0)
 
 
 def image_model_names() -> list:
@@ -175,7 +202,8 @@ def image_stein_density(model_id: str, device: str, levels: int = 100, n: int = 
     generated once and cached on disk).  {grid, delta, source, generated}."""
     reg = optional(REGISTRY)
     model = image_model(model_id, device)
-    data = reg.model_data(model_id, model)
+    name, label, _ = _split_model_id(model_id)
+    data = reg.model_data(name, model, label=int(label) if label and label.isdigit() else None)
     grid = log_grid(model.sigma_min, model.sigma_max, int(levels))
     delta = stein_density(model, data, grid, n=int(n), seed=int(seed), chunk_points=auto_chunk_points(model))
     return {"grid": grid, "delta": delta, "source": data.source, "generated": bool(data.generated)}
@@ -185,7 +213,7 @@ def image_optimized_schedule(key: str, steps: int, model_id: str, device: str, s
                              sigma_max: float) -> Schedule:
     """The picker's optimized option `key` (IMAGE_OPTIMIZED) at `steps` steps for this model."""
     if key == "opt:ays":
-        s = optional(REGISTRY).shipped_schedule(model_id, int(steps))
+        s = optional(REGISTRY).shipped_schedule(_split_model_id(model_id)[0], int(steps))
         if s is None:
             raise ScheduleLabError(f"no AYS schedule ships with {model_id!r}; optimize one with `python -m core "
                                    f"optimize ays --model {model_id} --out ays.json` and import it on the "
@@ -204,6 +232,7 @@ def image_optimized_schedule(key: str, steps: int, model_id: str, device: str, s
 def image_metric_kind(model_id: str):
     """'digits' when the shipped model's classifier metrics (FD, KID, confidence) apply, else None."""
     reg = optional(REGISTRY)
+    model_id = _split_model_id(model_id)[0]
     entry = reg.model_entry(model_id) if reg is not None and hasattr(reg, "model_entry") else None
     return getattr(entry, "metrics", None)
 

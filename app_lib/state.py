@@ -20,6 +20,7 @@ from core.models import TOY_KINDS, load_toy_model, toy_checkpoint
 from core.schedules import PresetRangeWarning, Schedule, make_schedule, resample_loglinear, schedule_names
 from core.solvers import solver_names
 from toy_data import TOYS, get_toy
+from toy_data.labelled import LABELLED_TOYS
 
 DEFAULTS = {"sb_seed": 0, "sb_toy": "grid8x8", "sb_model_kind": "exact"}
 USER_KIND = "user:"          # model kind of a user's own 2-D model: "user:" + JSON [spec, weights, params]
@@ -70,6 +71,15 @@ def sidebar() -> dict:
                  help="exact: the closed-form mixture denoiser; mlp: the shipped trained network "
                       "(listed when checkpoints/toy_mlp/TOY.safetensors exists); your model: the one "
                       "loaded below")
+    if st.session_state["sb_toy"] in LABELLED_TOYS and st.session_state["sb_model_kind"] == "exact":
+        init_widgets({"sb_label": "none", "sb_cfg": 1.0})
+        n_cls = len(set(LABELLED_TOYS[st.session_state["sb_toy"]]()))
+        sb.selectbox("Class label (guidance)", ["none"] + [str(c) for c in range(n_cls)], key="sb_label",
+                     help="a labelled toy: each class a group of components, with an exact conditional "
+                          "denoiser; none = unconditional")
+        sb.number_input("Guidance scale w", min_value=0.0, max_value=20.0, step=0.5, key="sb_cfg",
+                        help="D = D_uncond + w (D_cond - D_uncond), exact at every sigma; 2 model calls per "
+                             "evaluation unless w = 1. The guided ODE does not sample p(x) p(c|x)^w.")
     sb.caption("Models load once per session (cached); results are cached per input.")
     library()
     try:
@@ -97,9 +107,24 @@ def init_widgets(defaults: dict) -> None:
 def settings() -> dict:
     """The sidebar settings with defaults (pages may run before the sidebar, e.g. in tests)."""
     ss = st.session_state
+    toy, kind = ss.get("sb_toy") or DEFAULTS["sb_toy"], ss.get("sb_model_kind") or DEFAULTS["sb_model_kind"]
+    if kind == "exact" and toy in LABELLED_TOYS and ss.get("sb_label", "none") != "none":
+        kind = guided_kind(int(ss["sb_label"]), float(ss.get("sb_cfg", 1.0)))
     return {"device": ss.get("sb_device") or devices()[0], "seed": int(ss.get("sb_seed") or 0),
-            "toy": ss.get("sb_toy") or DEFAULTS["sb_toy"],
-            "model_kind": ss.get("sb_model_kind") or DEFAULTS["sb_model_kind"]}
+            "toy": toy, "model_kind": kind}
+
+
+def guided_kind(label: int, w: float) -> str:
+    """The model-kind string of the exact guided denoiser of a labelled toy: 'exact|LABEL|W'."""
+    return f"exact|{int(label)}|{float(w):g}"
+
+
+def _parse_kind(kind: str):
+    """'exact|3|4' -> ('exact', 3, 4.0); 'exact' / 'mlp' -> (kind, None, None)."""
+    if "|" not in kind:
+        return kind, None, None
+    k, label, w = kind.split("|")
+    return k, int(label), float(w)
 
 
 # ---------------------------------------------------------------- cached engine calls
@@ -116,20 +141,26 @@ def kind_label(kind: str) -> str:
 
 @st.cache_resource(show_spinner="Loading model ...")
 def toy_model(toy: str, kind: str, device: str):
-    """The toy's Denoiser (exact mixture or shipped MLP), or a user's 2-D model (kind USER_KIND + JSON
-    [module.py:Class, weights, "key=value" lines], loaded by core.models.registry), once per
-    (toy, kind, device)."""
-    if not kind.startswith(USER_KIND):
+    """The toy's Denoiser (exact mixture or shipped MLP; `guided_kind`: the exact guided denoiser of
+    the labelled toy), or a user's 2-D model (kind USER_KIND + JSON [module.py:Class, weights,
+    "key=value" lines], loaded by core.models.registry), once per (toy, kind, device)."""
+    if kind.startswith(USER_KIND):
+        from core.cli import parse_params
+        from core.models.registry import load_model
+        spec, weights, params = json.loads(kind[len(USER_KIND):])
+        model = load_model(spec, device, weights=weights, params=parse_params(shlex.split(params)))
+        dim = get_toy(toy).dim
+        if tuple(model.event_shape) != (dim,):
+            raise ScheduleLabError(f"the pages show {dim}-D models; {spec} makes samples of shape "
+                                   f"{tuple(model.event_shape)} (set --param shape={dim})")
+        return model
+    base, label, w = _parse_kind(kind)
+    if label is None:
         return load_toy_model(toy, kind, device)
-    from core.cli import parse_params
-    from core.models.registry import load_model
-    spec, weights, params = json.loads(kind[len(USER_KIND):])
-    model = load_model(spec, device, weights=weights, params=parse_params(shlex.split(params)))
-    dim = get_toy(toy).dim
-    if tuple(model.event_shape) != (dim,):
-        raise ScheduleLabError(f"the pages show {dim}-D models; {spec} makes samples of shape "
-                               f"{tuple(model.event_shape)} (set --param shape={dim})")
-    return model
+    from core.models.guidance import GuidedDenoiser
+    from core.models.mixture import LabelledMixtureDenoiser
+    from toy_data.labelled import get_labelled_toy
+    return GuidedDenoiser(LabelledMixtureDenoiser(get_labelled_toy(toy)), label, w)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -161,9 +192,15 @@ def toy_metrics(toy: str, kind: str, device: str, sigmas: tuple, solver: str, n:
     return {k: v for k, v in out.items() if k != "per_seed"}
 
 
-def toy_sampler(toy: str):
-    """The data sampler the objectives take: (n, generator) -> [n, d] samples of the toy."""
-    mixture = get_toy(toy)
+def toy_sampler(toy: str, kind: str = "exact"):
+    """The data sampler the objectives take: (n, generator) -> [n, d] samples of the toy (of the
+    class p(x | c) for a guided kind)."""
+    _, label, _ = _parse_kind(kind)
+    if label is None:
+        mixture = get_toy(toy)
+    else:
+        from toy_data.labelled import get_labelled_toy
+        mixture = get_labelled_toy(toy).conditional(label)
     return lambda n, g: mixture.sample(n, g)
 
 

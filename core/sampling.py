@@ -13,15 +13,17 @@ from core.solvers import get_solver
 
 
 class CountingDenoiser:
-    """Wraps a Denoiser and counts its calls (NFE counts model calls, not steps). With `sigmas`
+    """Wraps a Denoiser and counts its network calls (NFE counts model calls, not steps): a guided
+    denoiser (core.models.guidance) costs `calls_per_eval` = 2 per evaluation, else 1. With `sigmas`
     (the schedule) every output is checked to be finite: a NaN / inf stops the run with a
     ScheduleLabError naming the call, the step and sigma (one isfinite reduction per call)."""
 
     def __init__(self, model, sigmas=None):
         self.model, self.calls, self.sigmas = model, 0, sigmas
+        self.per_eval = int(getattr(model, "calls_per_eval", 1))
 
     def __call__(self, x, sigma):
-        self.calls += 1
+        self.calls += self.per_eval
         out = self.model(x, sigma)
         if self.sigmas is not None and not bool(torch.isfinite(out).all()):
             raise non_finite_output(self.model, out, sigma, self.sigmas, self.calls)

@@ -26,7 +26,7 @@ det_solvers = [s for s in solver_names() if not get_solver(s).stochastic]
 init_widgets({"im_model": names[0] if names else FOLDER, "im_path": "", "im_scheds": ["karras", "loglinear",
               "kl_optimal"], "im_solver": "dpmpp_2m", "im_nfe": 10, "im_n": 16, "im_ref_steps": 100,
               "im_nfes": [4, 6, 8, 10, 16], "im_sweep": False, "im_opt": [],
-              "im_quality": False, "im_q_n": 500})
+              "im_quality": False, "im_q_n": 500, "im_label": "none", "im_cfg": 3.0})
 opts = schedule_options()
 st.session_state.im_scheds = [o for o in st.session_state.im_scheds if o in opts]
 
@@ -52,6 +52,22 @@ model_id = st.session_state.im_path.strip() if st.session_state.im_model == FOLD
 if not model_id:
     st.info("Enter the path of a local diffusers model folder.")
     st.stop()
+try:
+    n_classes = engine.image_num_classes(model_id, cfg["device"])
+except ScheduleLabError as e:
+    st.error(str(e))
+    st.stop()
+if n_classes:
+    g = st.columns([2, 2, 4])
+    labels = ["none", "all"] + [str(c) for c in range(n_classes)]
+    if st.session_state.im_label not in labels:
+        st.session_state.im_label = "none"
+    g[0].selectbox("Class label", labels, key="im_label",
+                   help="none: the unconditional model; all: labels 0, 1, 2, ... cycled over the images")
+    g[1].number_input("Guidance scale w", 0.0, 20.0, step=0.5, key="im_cfg", disabled=st.session_state.im_label == "none",
+                      help="classifier-free guidance D = D_uncond + w (D_cond - D_uncond): 2 model calls per "
+                           "evaluation (NFE counts both) unless w = 1")
+    model_id = engine.guided_model_id(model_id, st.session_state.im_label, st.session_state.im_cfg)
 if not st.session_state.im_scheds and not st.session_state.im_opt:
     st.info("Pick at least one schedule.")
     st.stop()

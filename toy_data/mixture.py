@@ -130,25 +130,27 @@ class GaussianMixture:
         logn = -0.5 * (dist2 / var + d * var.log() + d * math.log(2 * math.pi))
         return var, logn
 
-    def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
-        """log p_sigma(x), [B] float64. x: [B, d]; sigma: float or [B]."""
+    def log_prob(self, x: torch.Tensor, sigma=0.0, log_weights=None) -> torch.Tensor:
+        """log p_sigma(x), [B] float64. x: [B, d]; sigma: float or [B]; log_weights: optional
+        per-sample component log weights [B, K] (-inf drops a component; e.g. one class's)."""
         if self.isotropic:
             _, logn = self._iso_terms(x, sigma)
         else:
             _, _, logn = self._component_terms(x, sigma)
-        return torch.logsumexp(logn + self.log_weights, dim=1)
+        return torch.logsumexp(logn + (self.log_weights if log_weights is None else log_weights), dim=1)
 
-    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """Exact posterior mean E[x0 | x0 + sigma eps = x], [B, d] float64.
+    def denoise(self, x: torch.Tensor, sigma, log_weights=None) -> torch.Tensor:
+        """Exact posterior mean E[x0 | x0 + sigma eps = x], [B, d] float64 (log_weights: as log_prob).
 
         sum_k r_k (mu_k + U_k diag(l_k / (l_k + sigma^2)) y_k) = r @ mu + [r_k shrunk_k]_k @ U_cat^T."""
+        lw = self.log_weights if log_weights is None else log_weights
         if self.isotropic:      # sum_k r_k (a_k x + (1 - a_k) mu_k),  a_k = v_k / (v_k + sigma^2)
             var, logn = self._iso_terms(x, sigma)
-            r = torch.softmax(logn + self.log_weights, dim=1)
+            r = torch.softmax(logn + lw, dim=1)
             a = self.evals[:, 0] / var
             return x.to(torch.float64) * (r * a).sum(1, keepdim=True) + (r * (1 - a)) @ self.means
         y, var, logn = self._component_terms(x, sigma)
-        r = torch.softmax(logn + self.log_weights, dim=1)                       # [B, K]
+        r = torch.softmax(logn + lw, dim=1)                                     # [B, K]
         shrunk = y * (self.evals.unsqueeze(0) / var) * r.unsqueeze(-1)          # [B, K, d]
         return r @ self.means + shrunk.reshape(x.shape[0], -1) @ self._u_cat.T
 

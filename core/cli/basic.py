@@ -24,7 +24,8 @@ def register(sub):
     p.add_argument("--denoise", type=float, default=1.0, help="ComfyUI's denoise (AYS presets, table schedulers)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--model", default=None, help="model named in the export's provenance comment")
-    p.add_argument("--format", default="json", choices=FORMATS)
+    p.add_argument("--format", default="json", choices=list(FORMATS) + ["flow-comfyui", "flow-diffusers"],
+                   help="flow-*: the levels as flow times t = sigma / (1 + sigma) for flow models")
     p.set_defaults(func=_schedule)
 
     p = sub.add_parser("sample", help="sample a toy (or your own model) and score it against the data")
@@ -47,6 +48,8 @@ def register(sub):
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (seed, seed+1, ...) for a CI")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
+    from core.cli.model_args import add_guidance_arguments
+    add_guidance_arguments(p)
     p.set_defaults(func=_sample)
 
 
@@ -74,6 +77,10 @@ def _schedule(a):
     from core.schedules.io import provenance
     s = make_schedule(a.name, a.steps, a.sigma_min, a.sigma_max, table=a.table, denoise=a.denoise,
                       **parse_params(a.param))
+    if a.format.startswith("flow-"):
+        from core.schedules.flow import export_flow
+        print(export_flow(s, a.format[5:]))
+        return
     if a.format in ("comfyui", "list"):
         sys.stderr.write("# " + provenance(s, a.model) + "\n")
     print(export(s, a.format, table=a.table, model=a.model))
@@ -89,17 +96,25 @@ def _sample(a):
         raise ScheduleLabError(f"--n must be >= 2 and --seeds >= 1; got {a.n}, {a.seeds}")
     get_solver(a.solver)
     seeds = tuple(range(a.seed, a.seed + a.seeds))
+    guided = a.label is not None or a.cfg is not None
     if a.model in ("exact", "mlp"):
         if a.toy is None:
             raise ScheduleLabError("--model exact / mlp needs --toy; for your own model give --model module.py:Class")
-        mix = get_toy(a.toy)
-        model = load_toy_model(a.toy, a.model, a.device) if a.model == "mlp" else _exact(mix, a.device)
+        if guided:
+            from core.cli.model_args import toy_model_and_data
+            model, mix = toy_model_and_data(a.toy, a.model, a.device, a.label, a.cfg)
+        else:
+            mix = get_toy(a.toy)
+            model = load_toy_model(a.toy, a.model, a.device) if a.model == "mlp" else _exact(mix, a.device)
         sched = load_schedule(a.schedule, a.steps, _or(a.sigma_min, 0.002), _or(a.sigma_max, 80.0),
                               **parse_params(a.param))
         r = evaluate_toy(model, mix, sched, a.solver, n=a.n, seeds=seeds)
     else:
         from core.models.registry import load_model
         from core.models.user_model import read_points
+        if guided:
+            raise ScheduleLabError("--label / --cfg on sample take a labelled toy (--toy grid8x8|ring8 --model exact); "
+                                   "for your own conditional network use `images` or the Python API")
         mix = get_toy(a.toy) if a.toy is not None else None
         if a.data is None and mix is None:
             raise ScheduleLabError("your own model needs --data POINTS (SWD / MMD) and/or --toy MIXTURE.json (NLL)")
@@ -110,6 +125,14 @@ def _sample(a):
         r = evaluate_model(model, sched, a.solver, n=a.n, seeds=seeds, data=data, mixture=mix)
     out = {k: r[k] for k in ("nll", "kde_nll", "coverage", "swd", "mmd", "nfe", "seconds", "sigmas")}
     out.update({k + "_ci": r[k + "_ci"] for k in ("nll", "kde_nll", "coverage", "swd", "mmd")})
+    if getattr(model, "calls_per_eval", 1) == 2 or (a.cfg is not None and a.cfg != 1):
+        from core.sampling import generate
+        from core.schedules import make_schedule
+        ref = generate(model, make_schedule("karras", 256, sched.sigma_min, sched.sigma_max), a.n, "heun", a.seed).x
+        x = generate(model, sched, a.n, a.solver, a.seed).x
+        out["ref_rmse"] = float((x - ref).double().square().sum(1).mean().sqrt())
+        out["note"] = ("guided (w != 1): nll / swd / mmd compare with p(x | c), which the guided ODE does not "
+                       "sample; ref_rmse is the RMS distance to a 256-step Heun solution of the same guided ODE")
     emit(out, a.json, "\n".join(f"{k}: {v}" for k, v in out.items()))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from core.cli import emit, parse_params
+from core.cli.model_args import add_guidance_arguments, apply_guidance
 from core.errors import ScheduleLabError
 
 
@@ -15,6 +16,7 @@ def register(sub):
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="model option (module.py:ClassName models, see docs/models.md)")
     p.add_argument("--allow-hub", action="store_true", help="allow a diffusers hub id to download")
+    add_guidance_arguments(p)
     p.add_argument("--schedule", required=True, help="schedule name or JSON file")
     p.add_argument("--schedule-param", action="append", default=[], metavar="KEY=VALUE",
                    help="schedule parameter, e.g. rho=7")
@@ -52,7 +54,7 @@ def _images(a):
         raise ScheduleLabError(f"--out must be a .png file; got {a.out!r}")
     spec = get_solver(a.solver)
     opts = {"weights": a.weights, "params": parse_params(a.param), "allow_hub": a.allow_hub}
-    model = load_model(a.model, a.device, **opts)
+    model = apply_guidance(load_model(a.model, a.device, **opts), a)
     from core.limits import check_rows
     check_rows(a.n, "--n", model.event_shape)                 # the cap for this model's image size
     smin = a.sigma_min if a.sigma_min is not None else model.sigma_min
@@ -69,12 +71,15 @@ def _images(a):
     if not a.no_metrics and entry is not None and entry.metrics == "digits":
         m = im.image_metrics(x)
         out.update({k: m[k] for k in ("fd", "kid", "confidence", "class_balance", "balance_max_dev")})
+        labels = model.expected_labels(a.n, 500) if hasattr(model, "expected_labels") else None
+        if labels is not None:
+            out["label_accuracy"] = im.label_accuracy(x, labels)["accuracy"]
     if a.out:
         norm = a.normalise or getattr(model, "display", None) or "clamp"
         out["out"] = str(save_grid(x, a.out, nrow=a.nrow, scale=a.scale, normalise=norm))
     text = (f"{sched.name} x {spec.name}: {a.n} images, NFE {nfe}, {seconds:.2f} s"
-            + "".join(f", {k} {out[k]:.4g}" for k in ("fd", "kid", "confidence", "ref_error")
-                      if out[k] is not None)
+            + "".join(f", {k} {out[k]:.4g}" for k in ("fd", "kid", "confidence", "ref_error", "label_accuracy")
+                      if out.get(k) is not None)
             + (f" -> {out['out']}" if a.out else ""))
     emit(out, a.json, text)
     if not a.out and not a.json:

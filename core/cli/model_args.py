@@ -23,12 +23,41 @@ def add_model_arguments(p) -> None:
                    help="image model module.py:Class: constructor / wrapper parameters")
     p.add_argument("--own-samples", default=None, metavar="SOLVER:STEPS",
                    help="without --data: the sampler for the model's own samples (default dpmpp_2m_sde:100)")
+    add_guidance_arguments(p)
 
 
-def toy_model_and_data(toy: str, kind: str, device):
-    """(Denoiser, mixture) for a toy name or mixture file; kind 'exact' | 'mlp'."""
+def add_guidance_arguments(p) -> None:
+    """--label / --cfg: classifier-free guidance of a conditional model (core.models.guidance)."""
+    p.add_argument("--label", default=None,
+                   help="class label of a conditional model or labelled toy: 3, a list 0,1,2 (cycled over the "
+                        "batch) or all; default: unconditional")
+    p.add_argument("--cfg", type=float, default=None,
+                   help="classifier-free guidance scale w (D = D_uncond + w (D_cond - D_uncond); 2 NFE per call "
+                        "unless w = 1); default 1 with --label")
+
+
+def apply_guidance(model, a):
+    """The model guided by --label / --cfg (unchanged when neither is given)."""
+    from core.models.guidance import guided, parse_label
+    return guided(model, parse_label(getattr(a, "label", None)), getattr(a, "cfg", None))
+
+
+def toy_model_and_data(toy: str, kind: str, device, label=None, cfg=None):
+    """(Denoiser, mixture) for a toy name or mixture file; kind 'exact' | 'mlp'. With a label or a
+    guidance scale: the guided exact denoiser of the labelled toy (toy_data.labelled) and, for one
+    label, the class's mixture p(x | c) (the guided ODE samples it only at w = 1)."""
     from core.models import MixtureDenoiser, load_toy_model
     from toy_data import get_toy
+    if label is not None or cfg is not None:
+        from core.models.guidance import guided, parse_label
+        from core.models.mixture import LabelledMixtureDenoiser
+        from toy_data.labelled import get_labelled_toy
+        if kind != "exact":
+            raise ScheduleLabError("--label / --cfg on toys need --model exact (the MLPs are unconditional)")
+        lm = get_labelled_toy(toy)
+        lab = parse_label(label)
+        model = guided(LabelledMixtureDenoiser(lm), lab, cfg)
+        return model, (lm.conditional(lab) if isinstance(lab, int) else lm.mixture)
     mix = get_toy(toy)
     model = MixtureDenoiser(mix).to(device) if kind == "exact" else load_toy_model(toy, "mlp", device)
     return model, mix
@@ -49,7 +78,8 @@ def resolve_model(a, device, fits: str = "the schedule") -> ModelChoice:
     if a.toy is not None:
         if a.model not in (None, "exact", "mlp"):
             raise ScheduleLabError(f"with --toy, --model is exact or mlp; got {a.model!r}")
-        model, data = toy_model_and_data(a.toy, a.model or "exact", device)
+        model, data = toy_model_and_data(a.toy, a.model or "exact", device, getattr(a, "label", None),
+                                         getattr(a, "cfg", None))
         lo, hi = TOY_RANGE
     elif a.model is None:
         raise ScheduleLabError("give --toy TOY (a 2-D toy) or --model MODEL (an image model; see `python -m core models`)")
@@ -57,11 +87,11 @@ def resolve_model(a, device, fits: str = "the schedule") -> ModelChoice:
         from core.cli import parse_params
         from core.models.registry import load_model, model_data
         from core.models.user_model import OwnSamplesWarning
-        model = load_model(a.model, device, weights=a.weights, params=parse_params(a.param))
+        model = apply_guidance(load_model(a.model, device, weights=a.weights, params=parse_params(a.param)), a)
         solver, steps = _own_sampler(getattr(a, "own_samples", None))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OwnSamplesWarning)          # printed below, once
-            data = model_data(a.model, model, a.data, solver=solver, steps=steps)
+            data = model_data(a.model, model, a.data, solver=solver, steps=steps, label=getattr(model, "cond", None))
         for msg in getattr(data, "warnings", ()):
             print(msg, file=sys.stderr)
         print(f"data: {data.source}" + (f" - {fits} then fits the model's own samples, not data" if data.generated

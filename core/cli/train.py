@@ -110,12 +110,13 @@ def _train_one(a, toy, out):
             bar.close()
 
 
-IMAGE_MODELS = ("digits", "classifier")
+IMAGE_MODELS = ("digits", "classifier", "digits-flow")
 
 
 def register_images(sub):
     p = sub.add_parser("train-images", help="train the shipped image model (digits UNet, EDM loss)")
-    p.add_argument("name", help="digits (the UNet) or classifier (the metric classifier)")
+    p.add_argument("name", help="digits (the UNet), classifier (the metric classifier) or digits-flow "
+                                "(the class-conditional rectified-flow UNet)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 4000)")
     p.add_argument("--minutes", type=float, default=None,
                    help="wall-clock budget; stops when reached (with --steps: whichever comes first)")
@@ -153,6 +154,11 @@ def _train_images(a):
         elif not (a.quiet or a.json):
             print(f"step {r['step']:6d}  loss {r['loss']:.4f}  lr {r['lr']:.2e}  {r['seconds']:7.0f} s",
                   file=sys.stderr, flush=True)
+    if a.card_only and a.name == "digits-flow":
+        from core.train.flow_card import write_flow_card
+        card = write_flow_card()
+        emit({"card": str(card)}, a.json, f"wrote {card}")
+        return 0
     if a.card_only:
         from core.train.images import write_card
         card = write_card()
@@ -162,6 +168,17 @@ def _train_images(a):
         from core.train.images import train_classifier
         rec = train_classifier(a.out, seed=a.seed, progress=progress)
         emit(rec, a.json, f"held-out accuracy {rec['held_out_accuracy']:.4f} -> {rec['path']}")
+        return 0
+    if a.name == "digits-flow":
+        from core.models.digits_flow import FLOW_CHECKPOINT
+        from core.train.flow import train_digits_flow
+        rec = train_digits_flow(a.out or FLOW_CHECKPOINT, steps=a.steps, minutes=a.minutes, seed=a.seed,
+                                progress=progress, **over)
+        rec.pop("loss_curve")
+        if a.card:
+            from core.train.flow_card import write_flow_card
+            rec["card"] = str(write_flow_card())
+        emit(rec, a.json, f"{rec['steps']} steps in {rec['seconds']} s -> {rec['path']}")
         return 0
     rec = train_digits(a.out or DIGITS_CHECKPOINT, steps=a.steps, minutes=a.minutes, seed=a.seed,
                        progress=progress, **over)

@@ -182,9 +182,22 @@ def image_metrics(x: torch.Tensor, ref: torch.Tensor | None = None, kid_subsets:
             "ref_error": None if ref is None else reference_error(x, ref), "n": int(x.shape[0])}
 
 
+def label_accuracy(x: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Conditional samples x [n, 1, 16, 16] meant to show digits `labels` [n]: the fraction the
+    classifier assigns to its label, overall and per class ({class: fraction}, classes present)."""
+    probs, _ = classify(_check(x))
+    labels = torch.as_tensor(labels).reshape(-1).cpu()
+    hit = (probs.argmax(1).cpu() == labels).double()
+    return {"accuracy": float(hit.mean()),
+            "per_class": {int(c): float(hit[labels == c].mean()) for c in labels.unique().tolist()}}
+
+
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """Short SHA-1 of a model's parameters and buffers (keys the on-disk reference cache)."""
+    """Short SHA-1 of a model's parameters and buffers (keys the on-disk reference cache), and of its
+    guidance (label, scale) when it is a guided denoiser."""
     h = hashlib.sha1()
+    if hasattr(model, "guidance_key"):
+        h.update(model.guidance_key().encode())
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())

@@ -46,8 +46,9 @@ WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.
 
 
 def load_diffusers(path_or_hub_id, device="cpu", allow_hub: bool = False, sigma_data: float = 0.5,
-                   scheduler_config=None) -> WrappedDenoiser:
-    """Load an unconditional diffusers `UNet2DModel` with its scheduler config as a Denoiser.
+                   scheduler_config=None, null_label: int | None = None) -> WrappedDenoiser:
+    """Load a diffusers `UNet2DModel` (unconditional, or class-conditional through `num_class_embeds`)
+    with its scheduler config as a Denoiser.
 
     Args:
         path_or_hub_id: a local folder (pipeline or bare layout, see module docstring), or a
@@ -56,7 +57,11 @@ def load_diffusers(path_or_hub_id, device="cpu", allow_hub: bool = False, sigma_
         allow_hub: permit a download; without it a missing folder is an error.
         sigma_data: data std for the Denoiser's metadata (pixels in [-1, 1]: 0.5).
         scheduler_config: a dict (or a JSON path) overriding the folder's scheduler config.
-    Returns: a `WrappedDenoiser` (data_range (-1, 1), display "clamp") whose `.net` is the UNet.
+        null_label: class-conditional UNets (num_class_embeds = C): the label trained as "no class"
+            for classifier-free guidance; default C - 1 (the DiT convention: C - 1 real classes + null).
+    Returns: a `WrappedDenoiser` (data_range (-1, 1), display "clamp") whose `.net` is the UNet; for a
+    class-conditional UNet a `core.models.guidance.ConditionalWrapped` (labels by `class_labels`),
+    to be guided with --label / --cfg (GuidedDenoiser).
     """
     root = _resolve(path_or_hub_id, allow_hub)
     unet_dir, sched_path = _layout(root, scheduler_config)
@@ -71,9 +76,16 @@ def load_diffusers(path_or_hub_id, device="cpu", allow_hub: bool = False, sigma_
     hw = (size, size) if isinstance(size, int) else tuple(size)
     local = Path(str(path_or_hub_id)).expanduser().is_dir()
     name = f"diffusers:{root.name}" if local else f"hub:{path_or_hub_id}"
+    cond = {}
+    if ucfg.get("num_class_embeds"):
+        c = int(ucfg["num_class_embeds"])
+        null = c - 1 if null_label is None else int(null_label)
+        if not 0 <= null < c:
+            raise ScheduleLabError(f"null_label {null} is not a class of this UNet (num_class_embeds = {c})")
+        cond = {"cond_kwarg": "class_labels", "null_cond": null, "num_classes": c - 1 if null == c - 1 else c}
     m = wrap_module(unet, parametrization, process, time_input,
                     event_shape=(int(ucfg.get("in_channels", 3)), *map(int, hw)), sigma_data=sigma_data,
-                    input_scaling="vp", data_range=(-1.0, 1.0), display="clamp", name=name)
+                    input_scaling="vp", data_range=(-1.0, 1.0), display="clamp", name=name, **cond)
     m.source = str(root)
     return m.to(resolve_device(device)).eval()
 
@@ -158,9 +170,11 @@ def _check_unet_config(cfg: dict, unet_dir: Path) -> None:
     if cls != "UNet2DModel":
         raise ScheduleLabError(f"{str(unet_dir)!r} holds a {cls}; only unconditional diffusers UNet2DModel "
                                "folders load here (text- or class-conditional models need their conditioning)")
-    if cfg.get("num_class_embeds") is not None or cfg.get("class_embed_type") is not None:
-        raise ScheduleLabError(f"{str(unet_dir)!r} is a class-conditional UNet2DModel; only unconditional "
-                               "models are supported (wrap it with core.models.wrap.wrap_module and a fixed label)")
+    if cfg.get("class_embed_type") is not None or (cfg.get("num_class_embeds") is not None
+                                                   and int(cfg["num_class_embeds"]) < 2):
+        raise ScheduleLabError(f"{str(unet_dir)!r} uses class_embed_type {cfg.get('class_embed_type')!r}; only "
+                               "unconditional UNet2DModels and class-conditional ones with num_class_embeds >= 2 "
+                               "(an nn.Embedding of labels) load here")
     if cfg.get("time_embedding_type") == "fourier":
         raise ScheduleLabError(f"{str(unet_dir)!r} uses Fourier time embeddings (a score-SDE VE model, not a "
                                "DDPM table); wrap it with wrap_module(process='edm', time_input='continuous')")

@@ -23,6 +23,7 @@ from core.errors import ScheduleLabError
 from core.optional import optional
 from core.models.base import Denoiser
 from core.models.digits import DIGITS_CHECKPOINT, load_digits_model, load_unet_checkpoint
+from core.models.digits_flow import FLOW_CHECKPOINT, load_digits_flow_model
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class ModelEntry:
     data: Callable[[], object] | None = None      # () -> training images [N, *event_shape] (model units)
     metrics: str | None = None                    # "digits": the digit classifier's metrics apply
     schedules: Path | None = None                 # optimized schedules shipped with it (JSON {"stages": {n: sigmas}})
+    labels: Callable[[], object] | None = None    # () -> class labels [N] of `data` (conditional models)
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,19 @@ def _digits_data():
     return load_digits_split().train_x
 
 
+def _digits_labels():
+    from core.data.digits import load_digits_split
+    return load_digits_split().train_y
+
+
 MODELS: dict[str, ModelEntry] = {
     "digits": ModelEntry("digits", load_digits_model, DIGITS_CHECKPOINT,
                          "EDM UNet on scikit-learn digits, 1x16x16 in [-1, 1] (checkpoints/digits/CARD.md)",
                          data=_digits_data, metrics="digits", schedules=DIGITS_CHECKPOINT.parent / "ays.json"),
+    "digits-flow": ModelEntry("digits-flow", load_digits_flow_model, FLOW_CHECKPOINT,
+                              "class-conditional rectified-flow UNet on the digits (velocity, 10 classes + null "
+                              "label; --label / --cfg guide it; checkpoints/digits-flow/CARD.md)",
+                              data=_digits_data, metrics="digits", labels=_digits_labels),
 }
 
 RESOLVERS: dict[str, Resolver] = {}
@@ -177,7 +188,7 @@ SAMPLES_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "schedule_lab" 
 
 
 def model_data(spec: str, model: Denoiser, data=None, cache_dir=None, n: int = 512, steps: int | None = None,
-               seed: int = 0, progress=None, solver: str | None = None):
+               seed: int = 0, progress=None, solver: str | None = None, label=None):
     """Images x0 for an optimizer on `model` (core.models.user_model.ImageData; `.source` says where
     they came from and `.generated` whether they are the model's own samples).
 
@@ -186,11 +197,17 @@ def model_data(spec: str, model: Denoiser, data=None, cache_dir=None, n: int = 5
     model's own n samples from `solver` with `steps` steps (default: user_model.OWN_SAMPLER, a
     many-step stochastic sampler), generated once and cached in cache_dir (default
     .cache/schedule_lab/samples): the optimizer then fits the model, not the data, and callers
-    must say so (and show `.warnings`: samples outside the data range or that look like noise)."""
+    must say so (and show `.warnings`: samples outside the data range or that look like noise).
+    label: one class (int) of a conditional shipped model selects that class's training images; several
+    labels keep all (each image then meets the guided field of the label its batch row gets, not
+    necessarily its own: an approximation the caller should state)."""
     from core.models.user_model import OWN_SAMPLER, ImageData, image_sampler_from
     entry = MODELS.get(str(spec))
     if data is None and entry is not None and entry.data is not None:
         x = torch.as_tensor(entry.data()).float()
+        if isinstance(label, int) and entry.labels is not None:
+            x = x[torch.as_tensor(entry.labels()) == label]
+            return ImageData(x, f"{entry.name} training split, class {label} ({x.shape[0]} images)", False)
         return ImageData(x, f"{entry.name} training split ({x.shape[0]} images)", False)
     return image_sampler_from(data, model, SAMPLES_CACHE if cache_dir is None else cache_dir, n=n,
                               steps=OWN_SAMPLER[1] if steps is None else steps, seed=seed, progress=progress,

@@ -12,6 +12,9 @@ Architecture (a reduced DDPM++ / ADM layout, written from the papers' descriptio
 - decoder: mirror of the encoder, each block takes the matching skip by concatenation,
   nearest-neighbour 2x upsample between levels;
 - output: GroupNorm, SiLU, 3x3 conv, zero-initialised so F starts at 0 (D = c_skip x).
+- optional class conditioning (`num_classes` > 0): a learned embedding of the label (index
+  `num_classes` is the null label of classifier-free guidance) added to the noise embedding
+  (Ho & Salimans 2022; the conditioning of ADM / DiT).
 """
 from __future__ import annotations
 
@@ -86,11 +89,15 @@ class UNet(nn.Module):
     """F(c_in x, c_noise): [B, C, H, W] x [B] -> [B, C, H, W] (H, W divisible by 2^(levels-1))."""
 
     def __init__(self, in_ch: int = 1, channels=(32, 64, 128), blocks: int = 1, emb: int = 128,
-                 attention: bool = True, dropout: float = 0.0):
+                 attention: bool = True, dropout: float = 0.0, num_classes: int = 0):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         self.config = {"in_ch": in_ch, "channels": list(channels), "blocks": blocks, "emb": emb,
                        "attention": attention, "dropout": dropout}
+        self.num_classes = int(num_classes)
+        if self.num_classes:
+            self.config["num_classes"] = self.num_classes
+            self.class_embed = nn.Embedding(self.num_classes + 1, emb)     # last row: the null label
         self.embed = NoiseEmbedding(emb)
         self.inp = nn.Conv2d(in_ch, channels[0], 3, padding=1)
         self.down = nn.ModuleList()
@@ -118,8 +125,14 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x, c_noise):
-        e = Fn.silu(self.embed(c_noise))
+    def forward(self, x, c_noise, class_labels=None):
+        """class_labels: [B] int64 in 0..num_classes (num_classes = null), only with num_classes > 0."""
+        e = self.embed(c_noise)
+        if self.num_classes:
+            if class_labels is None:
+                class_labels = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+            e = e + self.class_embed(class_labels)
+        e = Fn.silu(e)
         h = self.inp(x)
         hs = [h]
         for m in self.down:

@@ -265,11 +265,12 @@ class WrappedDenoiser(Denoiser):
             return 1 / (1 + s)
         return torch.ones_like(s)
 
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, net_kwargs: dict | None = None) -> torch.Tensor:
+        """net_kwargs: extra keyword arguments of the network call (conditioning, core.models.guidance)."""
         s = bcast(sigma, x)
         dt = next((p.dtype for p in self.net.parameters()), torch.float32)
         try:
-            raw = self.net((x * self.c_in(s)).to(dt), self.net_time(sigma))
+            raw = self.net((x * self.c_in(s)).to(dt), self.net_time(sigma), **(net_kwargs or {}))
         except torch.OutOfMemoryError:
             raise
         except (RuntimeError, TypeError, ValueError, IndexError) as e:   # the user's network refused the input
@@ -364,10 +365,19 @@ def wrap_module(module, parametrization="eps", process="discrete", time_input="i
         time_input: "index" | "fractional" | "continuous" | callable(sigma [B]) -> time [B].
         event_shape: shape of one sample, e.g. (1, 28, 28).
         kw: sigma_data, input_scaling, time_scale, time_dtype, time_shape, data_range, display, name,
-            sigma_min, sigma_max.
+            sigma_min, sigma_max; conditional networks: cond_kwarg (the keyword the network takes its
+            conditioning by, e.g. "class_labels"), null_cond (its null / unconditional value, e.g. the null
+            label), num_classes (labels 0..num_classes-1), guidance_kwarg (a guidance-distilled network's
+            keyword for w: one call per evaluation) -> a ConditionalDenoiser
+            (core.models.guidance: guide it with GuidedDenoiser(model, label, w)).
     The module is put in eval() mode (BatchNorm uses its running statistics; no dropout).
     """
-    return WrappedDenoiser(module, parametrization, process, time_input, event_shape, **kw)
+    cond = {k: kw.pop(k) for k in ("cond_kwarg", "null_cond", "num_classes", "guidance_kwarg") if k in kw}
+    m = WrappedDenoiser(module, parametrization, process, time_input, event_shape, **kw)
+    if cond.get("cond_kwarg"):
+        from core.models.guidance import ConditionalWrapped
+        return ConditionalWrapped(m, **cond)
+    return m
 
 
 def to_display(x: torch.Tensor, mode: str = "clamp", data_range=(-1.0, 1.0)) -> torch.Tensor:

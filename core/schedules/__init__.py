@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from core.errors import ScheduleLabError, unknown_name
+from core.schedules.flow import FLOW_HEURISTICS, FLOW_PRESETS, oss_preset
 from core.schedules.heuristics import ALIASES, HEURISTICS
 from core.schedules.io import FORMATS, export, parse  # noqa: F401
 from core.schedules.presets import (AYS_PRESETS, AYS_TIMESTEPS, PresetRangeWarning, ays_preset,  # noqa: F401
@@ -20,11 +21,12 @@ from core.schedules.schedule import Schedule, validate_sigmas  # noqa: F401
 from core.schedules.tables import TABLE_SCHEDULERS, TABLES, get_table, table_schedule  # noqa: F401
 
 PRESETS = tuple(f"ays_{k}" for k in AYS_PRESETS)
+HEURISTICS = {**HEURISTICS, **FLOW_HEURISTICS}     # flow-time heuristics (core/schedules/flow.py)
 
 
 def schedule_names() -> tuple:
-    """Names that need no model table: heuristics and AYS presets."""
-    return tuple(HEURISTICS) + PRESETS
+    """Names that need no model table: heuristics (flow-time ones included), AYS and OSS presets."""
+    return tuple(HEURISTICS) + PRESETS + FLOW_PRESETS
 
 
 def table_schedule_names() -> tuple:
@@ -63,6 +65,10 @@ def make_schedule(name: str, steps: int, sigma_min: float | None = None, sigma_m
             if msg is not None:
                 warnings.warn(msg, PresetRangeWarning, stacklevel=2)
         return ays_preset(name[4:], steps, denoise=denoise)
+    if name in FLOW_PRESETS:
+        if params or denoise != 1.0:
+            raise ScheduleLabError(f"OSS preset {name!r} takes no parameters")
+        return oss_preset(name, steps)
     if name not in HEURISTICS:
         raise unknown_name("schedule", name, schedule_names() + table_schedule_names())
     if table is not None:

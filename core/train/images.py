@@ -90,6 +90,19 @@ def train_digits(out: str | Path = DIGITS_CHECKPOINT, steps: int | None = None,
     net = UNet(in_ch=1, channels=cfg["channels"], blocks=cfg["blocks"], emb=cfg["emb"],
                attention=cfg["attention"], dropout=cfg["dropout"])
     model = UNetDenoiser(net, size=size, name="digits")
+
+    def batch_loss(step):
+        idx = torch.randint(0, data.shape[0], (cfg["batch"],), generator=g)
+        return edm_loss(model, random_shift(data[idx], cfg["shift_prob"], g), g)
+    return fit(model, batch_loss, out, cfg, steps, minutes, seed, progress, log_every, save_every_s)
+
+
+def fit(model, batch_loss: Callable[[int], torch.Tensor], out: Path, cfg: dict, steps: int | None,
+        minutes: float | None, seed: int, progress=None, log_every: int = 100,
+        save_every_s: float = 300.0) -> dict:
+    """The optimisation loop shared by the image trainers: Adam (lr warm-up + cosine, `lr_at`),
+    gradient clipping at 1, EMA of the weights (saved, with `model.config()` and the record, to
+    `out` every `save_every_s` and at the end). `batch_loss(step)` draws a batch and returns its loss."""
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8)
     budget = None if minutes is None else 60.0 * minutes
@@ -105,9 +118,7 @@ def train_digits(out: str | Path = DIGITS_CHECKPOINT, steps: int | None = None,
         lr = lr_at(frac, step, cfg["lr"], cfg["warmup"])
         for pg in opt.param_groups:
             pg["lr"] = lr
-        idx = torch.randint(0, data.shape[0], (cfg["batch"],), generator=g)
-        x0 = random_shift(data[idx], cfg["shift_prob"], g)
-        loss = edm_loss(model, x0, g)
+        loss = batch_loss(step)
         if not torch.isfinite(loss):
             raise ScheduleLabError(f"training diverged at step {step} (loss {float(loss)}); lower --lr")
         opt.zero_grad(set_to_none=True)
@@ -134,7 +145,7 @@ def train_digits(out: str | Path = DIGITS_CHECKPOINT, steps: int | None = None,
     return _save(ema, out, cfg, seed, step, seconds, time.process_time() - c0, curve, partial=False)
 
 
-def _save(ema: UNetDenoiser, out: Path, cfg: dict, seed: int, step: int, seconds: float,
+def _save(ema, out: Path, cfg: dict, seed: int, step: int, seconds: float,
           cpu_seconds: float, curve: list, partial: bool) -> dict:
     """Atomically write the EMA weights with their config and training record (`seconds` is
     wall time, `cpu_seconds` the process CPU time: on a shared machine the latter measures cost)."""

@@ -139,5 +139,8 @@ def test_flow_exports_give_t_and_run_in_diffusers():
     assert np.allclose(ns["scheduler"].sigmas.numpy(), flow_t(s), atol=1e-7)
     comfy = export_flow(s, "comfyui")
     assert "e" not in comfy.lower()
-    back = parse(comfy)
-    assert np.allclose(back.sigmas, flow_t(s), atol=1e-10)
+    with pytest.raises(ScheduleLabError, match="--from flow"):
+        parse(comfy)                                           # flow t is never taken as EDM sigmas silently
+    back = parse(comfy, convention="flow")                     # ... and comes back exactly when said so
+    np.testing.assert_allclose(back.sigmas[:-1], s.sigmas[:-1], rtol=1e-8)
+    assert back.sigmas[-1] == 0.0

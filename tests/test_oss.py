@@ -177,6 +177,18 @@ def test_cli_optimize_gits_and_oss(tmp_path, capsys):
     assert "dpmpp_2m_sde" in capsys.readouterr().err
 
 
+def test_cli_gits_and_oss_take_guidance(tmp_path, capsys):
+    """--label / --cfg reach the trajectory optimizers: the schedule is fitted to the guided ODE of the
+    labelled toy (it records both, and differs from the unguided one on the same noise)."""
+    from core.cli import main
+    common = ["optimize", "oss", "--toy", "grid8x8", "--steps", "4", "--n-samples", "8", "--teacher-steps", "30"]
+    assert main(common + ["--label", "0", "--cfg", "4", "--out", str(tmp_path / "g.json")]) == 0
+    assert main(common + ["--out", str(tmp_path / "u.json")]) == 0
+    g, u = Schedule.load(tmp_path / "g.json"), Schedule.load(tmp_path / "u.json")
+    assert str(g.params["label"]) == "0" and g.params["cfg"] == 4.0 and "label" not in u.params
+    assert g.sigmas != u.sigmas
+
+
 class _NaNBelow(Denoiser):
     """A broken model: NaN below sigma = 1."""
     name = "broken"

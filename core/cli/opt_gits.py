@@ -52,14 +52,20 @@ def load(a, device):
         from core.cli.model_args import toy_model_and_data
         if a.model not in (None, "exact", "mlp"):
             raise ScheduleLabError(f"with --toy, --model is exact or mlp; got {a.model!r}")
-        return toy_model_and_data(a.toy, a.model or "exact", device)[0], {"toy": a.toy, "model": a.model or "exact"}
+        label, cfg = getattr(a, "label", None), getattr(a, "cfg", None)
+        model = toy_model_and_data(a.toy, a.model or "exact", device, label, cfg)[0]
+        info = {"toy": a.toy, "model": a.model or "exact", "label": label, "cfg": cfg}
+        return model, {k: v for k, v in info.items() if v is not None}
     if a.model is None:
         raise ScheduleLabError("give --toy TOY (a 2-D toy) or --model MODEL (an image model; see `python -m core models`)")
     from core.cli import parse_params
     from core.models.registry import load_model
     if a.data is not None:
         print("note: --data is not used; the schedule fits the model's own trajectories", file=sys.stderr)
-    return load_model(a.model, device, weights=a.weights, params=parse_params(a.param)), {"model": a.model}
+    from core.cli.model_args import apply_guidance
+    model = apply_guidance(load_model(a.model, device, weights=a.weights, params=parse_params(a.param)), a)
+    info = {"model": a.model, "label": getattr(a, "label", None), "cfg": getattr(a, "cfg", None)}
+    return model, {k: v for k, v in info.items() if v is not None}
 
 
 def drive(opt, a, total: int, unit: str, key: str):

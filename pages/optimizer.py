@@ -47,6 +47,24 @@ init_widgets({"opt_method": "ays", "opt_steps": 10, "opt_stages": 1, "opt_n_samp
               "opt_n_candidates": 10, "opt_c": 0.5, "opt_max_iters": 30, "opt_heldout": "kde_nll",
               "opt_patience": 3, "opt_heldout_solver": "dpmpp_2m", "opt_heldout_n": 2048, "opt_p": 1.0,
               "opt_v": 1.0, "opt_levels": 100, "opt_starts": list(STARTS), "opt_maxiter": 1000})
+STARTED_HERE = "opt_started_here"
+
+
+def _adopt_restored_run():
+    """A stopped run restored from disk (a reload, a new session) shows its own knobs in the widgets, so
+    that a knob changed before Resume is seen and refused like in the session that started it (issue 13)."""
+    run, ss = runs.current_run(), st.session_state
+    if run is None or run.active or ss.get(STARTED_HERE) == id(run) or not isinstance(getattr(run, "spec", None), dict):
+        return
+    ss.opt_method = run.spec.get("method", ss.opt_method)
+    for k, v in (run.spec.get("knobs") or {}).items():
+        if k != "seed" and f"opt_{k}" in ss:
+            ss[f"opt_{k}"] = "none" if (k == "heldout" and v is None) else (list(v) if k == "starts" else v)
+    ss[STARTED_HERE] = ss[ADOPTED] = id(run)
+
+
+ADOPTED = "opt_adopted_run"          # a restored run resumes on its own toy and model, whatever the sidebar shows
+_adopt_restored_run()
 st.selectbox("Method", list(engine.OPTIMIZERS), key="opt_method", format_func=engine.OPTIMIZERS.get)
 method = st.session_state.opt_method
 uses = engine.METHOD_KNOBS[method]
@@ -136,15 +154,14 @@ def _stop():
         run.stop()
 
 
-STARTED_HERE = "opt_started_here"
-
-
 def _resume():
     from core.optimizers.resume import knob_changes     # issue 13: a changed knob is not silently ignored
     run = runs.current_run()
     if run is not None and st.session_state.get(STARTED_HERE) == id(run):   # started in this session
         now = {k: v for k, v in knob_values().items() if k in engine.METHOD_KNOBS[run.method]}
-        changed = knob_changes(run.knobs, {**now, "toy": cfg["toy"], "model": cfg["model_kind"]})
+        where = ({"toy": run.knobs.get("toy"), "model": run.knobs.get("model")}
+                 if st.session_state.get(ADOPTED) == id(run) else {"toy": cfg["toy"], "model": cfg["model_kind"]})
+        changed = knob_changes(run.knobs, {**now, **where})
         if changed:
             st.session_state[MSG] = ("not resumed: " + ", ".join(f"{k} changed from {a!r} to {b!r}"
                                                                  for k, a, b in changed)

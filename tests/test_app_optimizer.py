@@ -156,6 +156,33 @@ def test_a_stopped_run_comes_back_in_a_new_session_and_resumes_to_the_same_resul
     assert at.session_state["library"][run.saved_label].sigmas == straight.result().sigmas
 
 
+def test_a_restored_run_shows_its_knobs_and_refuses_a_changed_one_on_resume(monkeypatch):
+    """After a reload the widgets show the stopped run's own knobs; changing one before Resume is refused
+    with a message naming it (issue 13), and setting it back resumes."""
+    gate = Gate(monkeypatch, lambda ev: ev.stage == 1)
+    at = open_page("optimizer", toy="grid8x8", **AYS)
+    at.button(key="opt_start").click().run()
+    run = at.session_state["opt_run"]
+    gate.wait()
+    at.button(key="opt_stop").click().run()
+    gate.release()
+    rerun_until(at, lambda: run.status == "stopped")
+    stopped_at = run.iteration
+    del at, run
+    gc.collect()
+    at = open_page("optimizer", toy="grid8x8")                    # a new session with the default widgets
+    run = at.session_state["opt_run"]
+    assert at.session_state["opt_n_samples"] == AYS["opt_n_samples"] and at.session_state["opt_steps"] == 5
+    at.selectbox(key="opt_n_samples").set_value(256).run()
+    at.button(key="opt_resume").click().run()
+    assert run.status == "stopped" and run.iteration == stopped_at
+    assert any("not resumed: n_samples changed from 128 to 256" in e.value for e in at.error), \
+        [e.value for e in at.error]
+    at.selectbox(key="opt_n_samples").set_value(128).run()
+    at.button(key="opt_resume").click().run()
+    _finish(at, run)
+
+
 def test_a_run_is_cancelled_when_its_session_ends(monkeypatch):
     gate = Gate(monkeypatch, lambda ev: ev.iteration == 2)
     at = open_page("optimizer", toy="grid8x8", **AYS)

@@ -129,7 +129,8 @@ def test_run_goes_on_while_another_page_is_shown(monkeypatch):
     assert run.saved_label in [t["name"] for t in figures(at)["sc_fig_library"]["data"]]
 
 
-def test_a_stopped_run_comes_back_in_a_new_session_and_resumes_to_the_same_result(monkeypatch):
+def _stop_in_stage_2_and_end_the_session(monkeypatch) -> int:
+    """Start a 3-stage AYS run on grid8x8, Stop it inside stage 2, end the session; its iteration."""
     gate = Gate(monkeypatch, lambda ev: ev.stage == 1)
     at = open_page("optimizer", toy="grid8x8", **AYS)
     at.button(key="opt_start").click().run()
@@ -141,6 +142,11 @@ def test_a_stopped_run_comes_back_in_a_new_session_and_resumes_to_the_same_resul
     stopped_at = run.iteration
     del at, run                                                   # the session ends
     gc.collect()
+    return stopped_at
+
+
+def test_a_stopped_run_comes_back_in_a_new_session_and_resumes_to_the_same_result(monkeypatch):
+    stopped_at = _stop_in_stage_2_and_end_the_session(monkeypatch)
     rec = store.load_run()
     assert rec["status"] == "stopped" and rec["state"]["iteration"] == stopped_at
     at = open_page("optimizer", toy="gaussian")                   # a new session (another sidebar toy)
@@ -159,17 +165,7 @@ def test_a_stopped_run_comes_back_in_a_new_session_and_resumes_to_the_same_resul
 def test_a_restored_run_shows_its_knobs_and_refuses_a_changed_one_on_resume(monkeypatch):
     """After a reload the widgets show the stopped run's own knobs; changing one before Resume is refused
     with a message naming it (issue 13), and setting it back resumes."""
-    gate = Gate(monkeypatch, lambda ev: ev.stage == 1)
-    at = open_page("optimizer", toy="grid8x8", **AYS)
-    at.button(key="opt_start").click().run()
-    run = at.session_state["opt_run"]
-    gate.wait()
-    at.button(key="opt_stop").click().run()
-    gate.release()
-    rerun_until(at, lambda: run.status == "stopped")
-    stopped_at = run.iteration
-    del at, run
-    gc.collect()
+    stopped_at = _stop_in_stage_2_and_end_the_session(monkeypatch)
     at = open_page("optimizer", toy="grid8x8")                    # a new session with the default widgets
     run = at.session_state["opt_run"]
     assert at.session_state["opt_n_samples"] == AYS["opt_n_samples"] and at.session_state["opt_steps"] == 5

@@ -207,3 +207,15 @@ def _show(v) -> str:
     """A short description of a bad value for a message."""
     r = repr(v) if not isinstance(v, int) or isinstance(v, bool) or abs(v) < 10 ** 30 else f"an integer of about {int(v.bit_length() * 0.30103) + 1} digits"
     return r if len(r) <= 60 else f"{type(v).__name__} {r[:50]}..."
+
+
+def strict_json(o):
+    """NaN / inf -> None, recursively through dicts, lists and tuples: strict JSON in which a diverged
+    value is never written as a number (the writing side of this module's rules)."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: strict_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [strict_json(v) for v in o]
+    return o

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
 from core.errors import ScheduleLabError
@@ -58,14 +57,9 @@ def _scalar(v: str):
 
 
 def _clean(o):
-    """NaN / inf -> None so the output is strict JSON."""
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    return o
+    """NaN / inf -> None so the output is strict JSON (core.readers.strict_json)."""
+    from core.readers import strict_json
+    return strict_json(o)
 
 
 def emit(obj, as_json: bool, text: str | None = None) -> None:

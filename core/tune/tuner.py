@@ -19,7 +19,6 @@ are dropped).  Scoring is never cut short.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import ScheduleLabError
+from core.readers import strict_json
 from core.schedules import Schedule
 from core.solvers import get_solver
 from core.tune.methods import Deadline, OverBudget, TuneContext, default_table, select
@@ -81,18 +81,9 @@ class TuneResult:
         """A Schedule JSON (Schedule.load reads it) with the whole leaderboard under "tune"."""
         d = self.schedule.to_dict()
         d["tune"] = {k: v for k, v in self.to_dict().items() if k != "schedule"}
-        Path(path).write_text(json.dumps(_clean(d), indent=1))
+        Path(path).write_text(json.dumps(strict_json(d), indent=1))
 
 
-def _clean(o):
-    """NaN / inf -> None (strict JSON; a diverged value is never written as a number)."""
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    return o
 
 
 def _is_mixture(model) -> bool:
@@ -213,7 +204,7 @@ class Tuner:
         if self.state_path is None:
             return
         tmp = self.state_path.with_suffix(self.state_path.suffix + ".tmp")
-        tmp.write_text(json.dumps(_clean(self.state)))
+        tmp.write_text(json.dumps(strict_json(self.state)))
         tmp.replace(self.state_path)
 
     # ---- the run ----------------------------------------------------------------------------------

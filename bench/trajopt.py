@@ -16,28 +16,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench._common import table, write  # noqa: E402
-from core.metrics.toy import mean_ci  # noqa: E402
+from bench._common import heldout_reference, ref_distance, table, timed, write  # noqa: E402
 from core.models import load_toy_model  # noqa: E402
 from core.optimizers.gits import optimize_gits  # noqa: E402
 from core.optimizers.oss import optimize_oss  # noqa: E402
-from core.sampling import generate, initial_noise  # noqa: E402
 from core.schedules import make_schedule  # noqa: E402
 
 HELDOUT_SEED = 12345
 
-
-def _timed(fn):
-    w, c = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - w, time.process_time() - c
 
 
 def run(toys, kinds, nfes, n, solver="dpmpp_2m"):
@@ -46,21 +38,18 @@ def run(toys, kinds, nfes, n, solver="dpmpp_2m"):
         for kind in kinds:
             model = load_toy_model(toy, kind)
             lo, hi = model.sigma_min, model.sigma_max
-            noise = initial_noise(model, n, hi, seed=HELDOUT_SEED)
-            ref = generate(model, make_schedule("karras", 500, lo, hi), n, solver="heun", noise=noise.clone()).x
+            noise, ref = heldout_reference(model, n, HELDOUT_SEED)
             for nfe in nfes:
                 cands = {"karras": make_schedule("karras", nfe, lo, hi), "loglinear": make_schedule("loglinear", nfe, lo, hi)}
                 for name, fn in (("gits", lambda: optimize_gits(model, nfe, solver)),
                                  ("oss", lambda: optimize_oss(model, nfe, solver)),
                                  ("oss_per_sample", lambda: optimize_oss(model, nfe, solver, per_sample=True))):
-                    cands[name], wall, cpu = _timed(fn)
+                    cands[name], wall, cpu = timed(fn)
                     time_rows.append({"toy": toy, "model": kind, "nfe": nfe, "method": name,
                                       "wall_s": wall, "cpu_s": cpu})
                 row = {"toy": toy, "model": kind, "nfe": nfe}
                 for name, s in cands.items():
-                    x = generate(model, s, n, solver=solver, noise=noise.clone()).x
-                    m, h = mean_ci((x - ref).double().norm(dim=1).cpu().numpy())
-                    row[name], row[f"{name}_ci"] = m, h
+                    row[name], row[f"{name}_ci"] = ref_distance(model, s, solver, noise, ref)
                 best_h = min(row["karras"], row["loglinear"])
                 for name in ("gits", "oss", "oss_per_sample"):
                     row[f"{name}/best_heuristic"] = row[name] / best_h
@@ -76,16 +65,14 @@ def run_gits_solvers(toys, kinds, nfes, n, solvers=("euler", "ipndm")):
         for kind in kinds:
             model = load_toy_model(toy, kind)
             lo, hi = model.sigma_min, model.sigma_max
-            noise = initial_noise(model, n, hi, seed=HELDOUT_SEED)
-            ref = generate(model, make_schedule("karras", 500, lo, hi), n, solver="heun", noise=noise.clone()).x
+            noise, ref = heldout_reference(model, n, HELDOUT_SEED)
             for solver in solvers:
                 for nfe in nfes:
                     row = {"toy": toy, "model": kind, "solver": solver, "nfe": nfe}
                     for name, s in (("karras", make_schedule("karras", nfe, lo, hi)),
                                     ("loglinear", make_schedule("loglinear", nfe, lo, hi)),
                                     ("gits", optimize_gits(model, nfe, solver))):
-                        x = generate(model, s, n, solver=solver, noise=noise.clone()).x
-                        row[name] = mean_ci((x - ref).double().norm(dim=1).cpu().numpy())[0]
+                        row[name] = ref_distance(model, s, solver, noise, ref)[0]
                     row["gits/best_heuristic"] = row["gits"] / min(row["karras"], row["loglinear"])
                     rows.append(row)
     return rows

@@ -46,3 +46,20 @@ def test_checkpoint_size_and_config():
     from core.models.checkpoints import read_metadata
     meta = read_metadata(FLOW_CHECKPOINT)
     assert meta["net"]["num_classes"] == 10 and meta["kind"] == "flow-velocity"
+
+
+def test_a_mismatched_flow_checkpoint_names_the_missing_key(tmp_path):
+    """A digits-flow checkpoint with a tensor missing is refused with the key's name (not a cut-off message)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from core.errors import ScheduleLabError
+    from core.models.digits_flow import FLOW_CHECKPOINT, load_flow_checkpoint
+    sd = load_file(FLOW_CHECKPOINT)
+    with safe_open(FLOW_CHECKPOINT, "pt") as f:
+        meta = f.metadata()
+    key = sorted(sd)[-1]
+    sd.pop(key)
+    save_file(sd, tmp_path / "bad.safetensors", metadata=meta)
+    with pytest.raises(ScheduleLabError, match=key.replace(".", r"\.")):
+        load_flow_checkpoint(tmp_path / "bad.safetensors")

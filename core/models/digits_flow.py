@@ -21,7 +21,7 @@ import torch
 
 from core.errors import ScheduleLabError
 from core.models.base import bcast
-from core.models.checkpoints import CHECKPOINTS, load_state_dict, read_metadata
+from core.models.checkpoints import CHECKPOINTS, load_state_dict, read_metadata, state_dict_mismatch
 from core.models.guidance import ConditionalDenoiser
 from core.models.unet import UNet
 
@@ -84,7 +84,7 @@ def load_flow_checkpoint(path, device="cpu", name: str | None = None) -> FlowUNe
         m.load_state_dict(load_state_dict(path))
     except (RuntimeError, TypeError, KeyError) as e:
         raise ScheduleLabError(f"checkpoint {path} does not match the flow UNet it describes: "
-                               f"{str(e).splitlines()[0]}; re-train it with "
+                               f"{state_dict_mismatch(e)}; re-train it with "
                                "`python -m core train-images digits-flow`") from None
     return m.to(device).eval().requires_grad_(False)
 

@@ -62,3 +62,15 @@ def rerun_until(at, cond, timeout=60.0, pause=0.05):
             return
         assert time.monotonic() - t0 < timeout, "timed out waiting"
         time.sleep(pause)
+
+
+def start_and_stop(at, gate):
+    """Press Start on the Optimizer page, Stop while `gate` holds the worker inside a step, then wait
+    until the run has stopped; returns the run."""
+    at.button(key="opt_start").click().run()
+    run = at.session_state["opt_run"]
+    gate.wait()
+    at.button(key="opt_stop").click().run()
+    gate.release()
+    rerun_until(at, lambda: run.status == "stopped")
+    return run

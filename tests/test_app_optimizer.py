@@ -12,7 +12,7 @@ import pytest
 from app_helpers import arr, assert_clean, figures, open_page, trace
 from app_lib import store
 from app_lib.runner import OptimizerRun
-from run_helpers import Gate, rerun_until
+from run_helpers import Gate, rerun_until, start_and_stop
 from core.errors import ScheduleLabError
 from core.models import load_toy_model
 from core.optimizers.ays import AYSOptimizer
@@ -133,12 +133,7 @@ def _stop_in_stage_2_and_end_the_session(monkeypatch) -> int:
     """Start a 3-stage AYS run on grid8x8, Stop it inside stage 2, end the session; its iteration."""
     gate = Gate(monkeypatch, lambda ev: ev.stage == 1)
     at = open_page("optimizer", toy="grid8x8", **AYS)
-    at.button(key="opt_start").click().run()
-    run = at.session_state["opt_run"]
-    gate.wait()
-    at.button(key="opt_stop").click().run()
-    gate.release()
-    rerun_until(at, lambda: run.status == "stopped")
+    run = start_and_stop(at, gate)
     stopped_at = run.iteration
     del at, run                                                   # the session ends
     gc.collect()
@@ -206,12 +201,7 @@ def test_nonuniform_knobs_stop_resume_and_solver_note(monkeypatch):
     at.number_input(key="opt_p").set_value(2.0)
     at.number_input(key="opt_maxiter").set_value(200)
     at.multiselect(key="opt_starts").set_value(["uniform_lambda", "edm"]).run()
-    at.button(key="opt_start").click().run()
-    run = at.session_state["opt_run"]
-    gate.wait()
-    at.button(key="opt_stop").click().run()
-    gate.release()
-    rerun_until(at, lambda: run.status == "stopped")
+    run = start_and_stop(at, gate)
     assert run.iteration == 6
     at.button(key="opt_resume").click().run()
     assert_clean(at)

@@ -400,18 +400,13 @@ def test_sigma_max_inf_is_named_in_the_engine_too():
 
 
 def test_app_resume_with_a_changed_knob_is_refused_visibly(monkeypatch):
-    from app_helpers import assert_clean, open_page
-    from run_helpers import Gate, rerun_until
+    from app_helpers import open_page
+    from run_helpers import Gate, start_and_stop
     gate = Gate(monkeypatch, lambda ev: ev.iteration >= 1)          # hold the worker after its first sweep
     knobs = {"opt_method": "ays", "opt_steps": 5, "opt_stages": 1, "opt_n_samples": 128, "opt_n_candidates": 4,
              "opt_max_iters": 20, "opt_heldout": "none"}
     at = open_page("optimizer", toy="grid8x8", **knobs)
-    at.button(key="opt_start").click().run()
-    run = at.session_state["opt_run"]
-    gate.wait()
-    at.button(key="opt_stop").click().run()
-    gate.release()
-    rerun_until(at, lambda: run.status == "stopped")
+    run = start_and_stop(at, gate)
     it = run.state["iteration"]
     at.session_state["opt_n_samples"] = 256                 # the Samples knob, changed while stopped
     at.run()

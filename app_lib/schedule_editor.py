@@ -92,8 +92,8 @@ def schedule_editor() -> None:
         st.plotly_chart(plots.editor_fig(orig.sigmas, ss.se_current, ss.se_point), key="se_fig",
                         on_select=_on_select, selection_mode="points")
         b = st.columns([2, 1, 1])
-        b[0].selectbox("Picked row (or click a point)", list(range(n)), key="se_point",
-                       help="the row the x0.9 / x1.1 buttons move; ringed on the chart")
+        b[0].selectbox("Picked row", list(range(n)), key="se_point",
+                       help="the row the x0.9 / x1.1 buttons move (or click a point on the chart); ringed on the chart")
         b[1].button("x0.9", key="se_down", on_click=_nudge, args=("se_down",), help="sigma of the picked row x 0.9")
         b[2].button("x1.1", key="se_up", on_click=_nudge, args=("se_up",), help="sigma of the picked row x 1.1")
 

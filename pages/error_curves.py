@@ -4,7 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from app_lib import engine, plots
-from app_lib.state import build_schedule, init_widgets, option_label, schedule_options, settings, toy_model
+from app_lib.state import (build_schedule, fit_warnings, init_widgets, option_label, schedule_options, settings,
+                           toy_model)
 from core.errors import ScheduleLabError
 from core.viz_data import cumulative_share, objective_totals
 
@@ -19,18 +20,20 @@ opts = schedule_options()
 init_widgets({"ec_scheds": ["karras", "loglinear", "kl_optimal"], "ec_steps": 10, "ec_n": 1024,
               "ec_c": 0.5, "ec_p": 1.0, "ec_v": 1.0, "ec_levels": 100, "ec_log": True})
 st.session_state.ec_scheds = [o for o in st.session_state.ec_scheds if o in opts]
-c = st.columns([4, 1, 1, 1, 1, 1, 1])
+c = st.columns([4, 1, 1])          # two rows: at 1024 px seven columns broke the labels letter by letter
 c[0].multiselect("Schedules", opts, key="ec_scheds", format_func=option_label)
 c[1].number_input("Steps", min_value=2, max_value=80, step=1, key="ec_steps")
 c[2].selectbox("Samples", [256, 512, 1024, 2048, 4096, 8192], key="ec_n",
                help="data samples per interval for the Monte Carlo estimates (KLUB, Stein)")
-c[3].number_input("c (KLUB)", min_value=0.01, max_value=10.0, format="%.3g", key="ec_c",
+c = st.columns(4)
+c[0].number_input("KLUB c", min_value=0.01, max_value=10.0, format="%.3g", key="ec_c",
                   help="the data scale of KLUB's importance sampler (AYS Eq. 15), 0.5 for our data")
-c[4].number_input("p (truncation)", min_value=0.5, max_value=3.0, step=0.5, key="ec_p",
-                  help="model-error exponent of DM-NonUniform: 1 for pixel models, 2 for latent ones")
-c[5].number_input("v (Stein)", min_value=0.0, max_value=4.0, step=0.5, key="ec_v",
+c[1].number_input("Bound p", min_value=0.5, max_value=3.0, step=0.5, key="ec_p",
+                  help="model-error exponent of DM-NonUniform's truncation bound: 1 for pixel models, 2 for "
+                       "latent ones")
+c[2].number_input("Stein v", min_value=0.0, max_value=4.0, step=0.5, key="ec_v",
                   help="speed of the score-optimal cost, v(sigma) = sigma^v (the paper: v = 1)")
-c[6].selectbox("Stein levels", [50, 100, 200, 400], key="ec_levels",
+c[3].selectbox("Stein levels", [50, 100, 200, 400], key="ec_levels",
                help="log-spaced noise levels on which the Stein density is estimated")
 st.toggle("Log scale for bars and densities", key="ec_log",
           help="one long interval (kl_optimal's first KLUB bar) can flatten every other bar on a linear axis")
@@ -44,6 +47,9 @@ try:
 except ScheduleLabError as e:
     st.error(str(e))
     st.stop()
+st.session_state["ec_warnings"] = fit_warnings(scheds, model)       # (the bound alone models a solver)
+for w in st.session_state["ec_warnings"]:
+    st.warning(w, icon="⚠️")
 st.plotly_chart(plots.schedule_points_fig(scheds), key="ec_fig_points")
 totals_box = st.container()                                   # filled once every objective is computed
 log_y = bool(st.session_state.ec_log)
@@ -125,6 +131,11 @@ with totals_box:
     mark = "background-color: #c8f7c5; font-weight: bold"
     st.dataframe(df.style.apply(lambda col: [mark if best.get(col.name) == lab else "" for lab in df["schedule"]])
                  .format("{:.4g}", subset=num, na_rep="n/a"), hide_index=True, key="ec_totals_table")
+    csv = df.assign(toy=cfg["toy"], model=cfg["model_kind"], steps=int(st.session_state.ec_steps), samples=n,
+                    c=float(st.session_state.ec_c), p=float(st.session_state.ec_p), v=float(st.session_state.ec_v))
+    st.download_button("Download the totals (CSV)", csv.to_csv(index=False), mime="text/csv", key="ec_dl_totals",
+                       file_name=f"error_curve_totals_{cfg['toy']}_{int(st.session_state.ec_steps)}steps.csv",
+                       help="full-precision totals with the settings that made them")
     st.caption("Sum of each objective over the intervals (lower is better; highlighted: the lowest of each "
                "column, i.e. " + "; ".join(f"{c}: {lab}" for c, lab in best.items()) + "). KLUB s.e. is the "
                "standard error of the KLUB total; the three objectives measure different things and need not "

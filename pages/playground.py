@@ -3,8 +3,8 @@ schedules side by side on the same noise, trajectories, and metrics with interva
 import streamlit as st
 
 from app_lib import plots
-from app_lib.state import (build_schedule, init_widgets, kind_label, option_label, schedule_options, settings,
-                           solver_options, toy_density, toy_metrics, toy_model, toy_samples)
+from app_lib.state import (build_schedule, fit_warnings, init_widgets, kind_label, option_label, schedule_options,
+                           settings, solver_options, toy_density, toy_metrics, toy_model, toy_samples)
 from core.errors import ScheduleLabError
 
 st.title("Playground")
@@ -21,13 +21,15 @@ for k in ("pg_sched_a", "pg_sched_b"):
     if st.session_state[k] not in opts:
         st.session_state[k] = "karras"
 
-c = st.columns([3, 3, 2, 2, 2, 2])
+c = st.columns(3)                  # two rows: at 1024 px six columns cut the values ("dpı", "200")
 c[0].selectbox("Schedule A", opts, key="pg_sched_a", format_func=option_label)
 c[1].selectbox("Schedule B", opts, key="pg_sched_b", format_func=option_label)
-c[2].number_input("Steps", min_value=2, max_value=100, step=1, key="pg_steps")
-c[3].selectbox("Solver", solver_options(), key="pg_solver")
-c[4].selectbox("Samples", [500, 1000, 2000, 5000, 20000], key="pg_n")
-c[5].number_input("Seeds (for intervals)", min_value=1, max_value=8, step=1, key="pg_seeds")
+c[2].selectbox("Solver", solver_options(), key="pg_solver")
+c = st.columns([1, 1, 1, 1])
+c[0].number_input("Steps", min_value=2, max_value=100, step=1, key="pg_steps")
+c[1].selectbox("Samples", [500, 1000, 2000, 5000, 20000], key="pg_n")
+c[2].number_input("Seeds", min_value=1, max_value=8, step=1, key="pg_seeds",
+                  help="independent runs of the same schedule; the metrics' intervals come from them")
 
 steps, solver, n, seed = int(st.session_state.pg_steps), st.session_state.pg_solver, int(st.session_state.pg_n), cfg["seed"]
 try:
@@ -38,6 +40,9 @@ except ScheduleLabError as e:
     st.error(str(e))
     st.stop()
 st.session_state["pg_schedules"] = {k: s.sigmas for k, s in scheds.items()}
+st.session_state["pg_warnings"] = fit_warnings(scheds, model, solver)
+for w in st.session_state["pg_warnings"]:            # next to the pickers that caused them
+    st.warning(w, icon="⚠️")
 
 grid = toy_density(cfg["toy"])
 keep = int(st.session_state.pg_paths)
@@ -95,6 +100,13 @@ if rows:
     df = pd.DataFrame(rows)
     st.dataframe(df.style.apply(lambda col: [mark if best.get(col.name) == lab else "" for lab in df["schedule"]]),
                  hide_index=True, key="pg_metrics_table")
+    csv = pd.DataFrame([{"schedule": lab, "toy": cfg["toy"], "model": cfg["model_kind"], "solver": solver,
+                         "steps": steps, "NFE": m["nfe"], "samples": n, "seeds": len(seeds),
+                         **{k: m[k] for k in METRICS}, **{k + "_ci95": m[k + "_ci"] for k in METRICS}}
+                        for lab, m in metrics.items()])
+    st.download_button("Download the table (CSV)", csv.to_csv(index=False), mime="text/csv", key="pg_dl_metrics",
+                       file_name=f"playground_metrics_{cfg['toy']}_{solver}_{steps}steps.csv",
+                       help="full-precision means and 95 % half-widths (columns *_ci95), with the settings")
     st.caption(f"Mean over seeds {seeds[0]}..{seeds[-1]} of {n} samples each, ± the 95 % t-interval; the best "
                "of each column is highlighted. NLL: negative log-likelihood of the samples under the exact "
                "density; it rewards samples piled on the densest modes, so a collapsed sampler can win it. "

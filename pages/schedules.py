@@ -7,8 +7,9 @@ import streamlit as st
 
 from app_lib import plots
 from app_lib.schedule_editor import schedule_editor
-from app_lib.state import (SCHEDULE_PARAMS, add_to_library, init_widgets, library, library_json, merge_library,
-                           remove_from_library, settings, toy_model)
+from app_lib.state import (LIB_PREFIX, SCHEDULE_PARAMS, add_to_library, build_schedule, init_widgets, kind_label,
+                           library, library_json, merge_library, remove_from_library, settings, toy_model)
+from app_lib.transfer import TRANSFER_SOLVERS, bench_guidance, solver_matrix, toy_optimized_rows, transfer_fig
 from app_lib.store import is_library_json
 from core.errors import ScheduleLabError
 from core.schedules import (TABLES, export, make_schedule, parse, range_mismatch, schedule_names,
@@ -212,3 +213,69 @@ if lib:
     st.multiselect("Schedules to remove", labels, key="sc_remove_pick")
     st.button("Remove", key="sc_remove_btn", on_click=_remove)
     _show("remove")
+
+st.subheader("Does a schedule transfer?")
+st.caption("A schedule is optimized for one solver (or one guidance scale): how does it do with the others? "
+           "Rows: schedules and what they were optimized for; columns: the condition they are sampled under. "
+           "Colour: the error divided by the best row's error in that column (green = the best there); text: "
+           "the error itself; ● marks the condition the row was optimized for. The issue this answers: a "
+           "score-optimal schedule (made for heun) gave NLL 15.3 with dpmpp_2m.")
+tr_solver, tr_guidance = st.tabs(["Other solvers (the sidebar's toy, computed)",
+                                  "Other guidance scales (benchmark results)"])
+with tr_solver:
+    cfg = settings()
+    model = toy_model(cfg["toy"], cfg["model_kind"], cfg["device"])
+    labels = list(lib)
+    init_widgets({"sc_tr_rows": [k for k in labels if lib[k].solver][:4] or labels[:2],
+                  "sc_tr_solvers": ["euler", "heun", "dpmpp_2m", "dpmpp_3m_lagrange"], "sc_tr_steps": 8,
+                  "sc_tr_n": 512, "sc_tr_toyopt": True})
+    st.session_state.sc_tr_rows = [k for k in st.session_state.sc_tr_rows if k in labels]
+    r = st.columns([3, 3])
+    r[0].multiselect("Library schedules", labels, key="sc_tr_rows")
+    r[1].multiselect("Solvers", list(dict.fromkeys([*TRANSFER_SOLVERS, *st.session_state.sc_tr_solvers])),
+                     key="sc_tr_solvers", help="deterministic solvers: the reference is an ODE solution")
+    r = st.columns([1, 1, 2])
+    r[0].number_input("Steps", min_value=2, max_value=50, step=1, key="sc_tr_steps",
+                      help="every schedule is resampled log-linearly to this many steps")
+    r[1].selectbox("Samples", [256, 512, 1024, 2048], key="sc_tr_n")
+    r[2].checkbox("Add this toy's DM-NonUniform and score-optimal", key="sc_tr_toyopt",
+                  help="made here for the sidebar's model: DM-NonUniform for dpmpp_3m_lagrange, score-optimal for heun")
+    st.button("Compute the matrix", key="sc_tr_btn", on_click=lambda: st.session_state.update(sc_tr_on=True))
+    if st.session_state.get("sc_tr_on"):
+        steps, seed = int(st.session_state.sc_tr_steps), cfg["seed"]
+        try:
+            rows = [(lab, build_schedule(LIB_PREFIX + lab, steps, model.sigma_min, model.sigma_max))
+                    for lab in st.session_state.sc_tr_rows]
+            for lab, s in rows:
+                w = range_mismatch(s, model.sigma_min, model.sigma_max, "the sidebar's model")
+                if w:
+                    st.warning(w, icon="⚠️")
+            rows = [(f"{lab} ({s.solver or 'heuristic'})", s.sigmas, s.solver) for lab, s in rows]
+            if st.session_state.sc_tr_toyopt:
+                rows += toy_optimized_rows(cfg["toy"], cfg["model_kind"], cfg["device"], steps, seed)
+            rec = solver_matrix(cfg["toy"], cfg["model_kind"], cfg["device"], tuple(rows),
+                                tuple(st.session_state.sc_tr_solvers), int(st.session_state.sc_tr_n), seed)
+        except ScheduleLabError as e:
+            st.error(str(e))
+        else:
+            st.session_state["sc_transfer_solver"] = rec
+            st.plotly_chart(transfer_fig(rec, f"{cfg['toy']} ({kind_label(cfg['model_kind'])}), {steps} steps",
+                                         "solver"), key="sc_fig_transfer_solver")
+            st.caption(f"{rec['metric']}: {rec['n']} samples, seed {rec['seed']}, reference {rec['ref_steps']} "
+                       "Karras steps of heun. A row keeps its steps in every column, so heun (2 calls a step) "
+                       "spends about twice the model calls of the others.")
+with tr_guidance:
+    bench = bench_guidance()
+    st.session_state["sc_transfer_guidance"] = bench
+    if not bench["cases"]:
+        st.info("No guidance benchmark results on disk: run `python bench/guidance.py` to make "
+                "bench/results/guidance_toy.json and guidance_digits.json.")
+    for i, (case, rec) in enumerate(bench["cases"].items()):
+        p = rec["provenance"]
+        st.plotly_chart(transfer_fig(rec, f"{case}: {rec['solver']}, {rec['steps']} steps", "evaluated at"),
+                        key=f"sc_fig_transfer_guidance_{i}")
+        mach = ", ".join(f"{k} {v}" for k, v in p["machine"].items())
+        st.caption(f"From `{p['file']}` (bench/guidance.py, {p['when']}; {mach}; budget "
+                   + ", ".join(f"{k}={v}" for k, v in p["budget"].items()) + f"; {rec['n']} samples). "
+                   f"{rec['metric']}. Rows 'METHOD @ w=W' were optimized on the guided denoiser at scale W; "
+                   "the last rows are heuristics.")

@@ -105,6 +105,35 @@ def _no_errors(page, where):
     assert err.count() == 0, f"{where}: error block: {err.first.inner_text()[:800]}"
 
 
+# widget labels wrapped over more than one line, and inputs / selectboxes whose value is cut ("dpı" for
+# dpmpp_2m, "200" for 2000): the layout check at 1024 and 1280 px on the pages listed here
+LAYOUT_PAGES = ("", "error_curves", "schedules")
+LAYOUT_JS = """() => {
+  const main = document.querySelector('[data-testid="stMain"]'), out = [];
+  for (const lab of main.querySelectorAll('[data-testid="stWidgetLabel"]')) {
+    const p = lab.querySelector('p') || lab, lh = parseFloat(getComputedStyle(p).lineHeight) || 20;
+    if (p.getBoundingClientRect().height > 1.6 * lh) out.push('label wraps: ' + p.innerText);
+  }
+  for (const el of main.querySelectorAll('input:not([type=checkbox]):not([type=radio]):not([type=file])'))
+    if (el.getBoundingClientRect().width > 0 && el.scrollWidth > el.clientWidth + 1)
+      out.push('value cut: ' + el.value + ' (' + el.scrollWidth + ' > ' + el.clientWidth + ' px)');
+  return out;
+}"""
+
+
+def _layout_at(page, widths, where, shot):
+    """No wrapped label and no cut value at each width; a screenshot at the first (then back to 1400 px)."""
+    for i, width in enumerate(widths):
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(300)
+        bad = page.evaluate(LAYOUT_JS)
+        assert not bad, f"{where} at {width} px: {bad}"
+        if i == 0:
+            shot.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(shot))
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
 def test_every_page_renders_without_errors(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(server, timeout=120_000)
@@ -128,6 +157,8 @@ def test_every_page_renders_without_errors(server, browser, tmp_path):
                 page.get_by_text("press Start").count() > 0, f"{title}: neither a chart nor a notice"
         _no_errors(page, title)
         page.screenshot(path=str(tmp_path / f"{path or 'playground'}.png"), full_page=True)
+        if path in LAYOUT_PAGES:
+            _layout_at(page, (1024, 1280), title, tmp_path / "narrow" / f"{path or 'playground'}_1024.png")
     # a direct URL opens a page too (a fresh session)
     page.goto(f"{server}/schedules", timeout=120_000)
     page.get_by_role("heading", name="Schedules").first.wait_for(timeout=120_000)

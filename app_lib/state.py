@@ -59,12 +59,16 @@ def sidebar() -> dict:
                           "(docs/models.md); the toy above is its data's density")
         user = user_kind(st.session_state.sb_user_spec, st.session_state.sb_user_weights,
                          st.session_state.sb_user_params)
-        if user is not None:
+        problem = None if user is None else user_path_problem(st.session_state.sb_user_spec,
+                                                                st.session_state.sb_user_weights)
+        if problem:
+            st.error(problem)                       # next to the boxes, in the app's words
+        elif user is not None:
             try:
                 toy_model(st.session_state["sb_toy"], user, st.session_state["sb_device"])
                 kinds.append(user)
             except ScheduleLabError as e:
-                st.error(str(e))
+                st.error(app_words(str(e)))
     if st.session_state.get("sb_model_kind") not in kinds:
         st.session_state["sb_model_kind"] = kinds[0]
     sb.selectbox("Toy model", kinds, key="sb_model_kind", format_func=kind_label,
@@ -89,6 +93,38 @@ def sidebar() -> dict:
     if st.session_state.get(STORE_MSG):
         sb.warning(st.session_state[STORE_MSG])
     return settings()
+
+
+def user_path_problem(spec: str, weights: str) -> str | None:
+    """A message for the sidebar's "your own 2-D model" boxes when a path in them is not there (or the
+    spec is not module.py:ClassName / package.module:ClassName), written for the app: where paths are
+    read and what the box takes. None when the paths are there."""
+    from pathlib import Path
+    spec, weights = spec.strip(), weights.strip()
+    where = f"on the machine that runs the app (a relative path starts in {str(Path.cwd())!r})"
+    file, sep, cls = spec.rpartition(":")
+    if not sep or not file or not cls or "/" in cls or "\\" in cls:
+        what = "a folder" if Path(spec).is_dir() else "a file" if Path(spec).is_file() else None
+        found = f"{spec!r} is {what}" if what else f"there is no file or folder {spec!r} {where}"
+        return (f"{found}. This box takes a Python class: the path of the .py file that defines your 2-D model, "
+                "a colon, and the class name, e.g. my_models/toy.py:Net. (Image models, a diffusers folder "
+                "or a .safetensors UNet, are for the command line and the Images page.)")
+    if (file.endswith(".py") or "/" in file or "\\" in file) and not Path(file).is_file():   # (else package.module)
+        return (f"there is no Python file {file!r} {where}. Give the path of the .py file that defines "
+                f"{cls}, then ':{cls}'.")
+    if weights and not Path(weights).is_file():
+        what = "a folder, not a weights file" if Path(weights).is_dir() else f"not there {where}"
+        return (f"the weights file {weights!r} is {what}. Give the .safetensors / .pt file of the state "
+                "dict, or leave the box empty for a model without weights.")
+    return None
+
+
+def app_words(message: str) -> str:
+    """An engine message with the command line's flags put as the sidebar's boxes."""
+    import re
+    message = re.sub(r"--param (\w+=\S+)", r"the line \1 under Parameters", message)
+    message = re.sub(r"--weights( FILE)?", "the Weights file box", message)
+    return message.replace("--param key=value", "key=value lines under Parameters")
 
 
 def init_widgets(defaults: dict) -> None:
@@ -152,7 +188,7 @@ def toy_model(toy: str, kind: str, device: str):
         dim = get_toy(toy).dim
         if tuple(model.event_shape) != (dim,):
             raise ScheduleLabError(f"the pages show {dim}-D models; {spec} makes samples of shape "
-                                   f"{tuple(model.event_shape)} (set --param shape={dim})")
+                                   f"{tuple(model.event_shape)} (add the line shape={dim} under Parameters)")
         return model
     base, label, w = _parse_kind(kind)
     if label is None:

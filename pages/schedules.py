@@ -250,7 +250,8 @@ with tr_solver:
                 w = range_mismatch(s, model.sigma_min, model.sigma_max, "the sidebar's model")
                 if w:
                     st.warning(w, icon="⚠️")
-            rows = [(f"{lab} ({s.solver or 'heuristic'})", s.sigmas, s.solver) for lab, s in rows]
+            rows = [(f"{re.sub(r' [(][0-9]+ steps[)]$', '', lab)} ({s.solver or 'heuristic'})", s.sigmas, s.solver)
+                    for lab, s in rows]                  # (every row has the same steps, named in the title)
             if st.session_state.sc_tr_toyopt:
                 rows += toy_optimized_rows(cfg["toy"], cfg["model_kind"], cfg["device"], steps, seed)
             rec = solver_matrix(cfg["toy"], cfg["model_kind"], cfg["device"], tuple(rows),

@@ -172,7 +172,10 @@ def user_kind(spec: str, weights: str, params: str) -> str | None:
 
 
 def kind_label(kind: str) -> str:
-    return f"your model ({json.loads(kind[len(USER_KIND):])[0]})" if kind.startswith(USER_KIND) else kind
+    if kind.startswith(USER_KIND):
+        return f"your model ({json.loads(kind[len(USER_KIND):])[0]})"
+    base, label, w = _parse_kind(kind)
+    return kind if label is None else f"{base}, guided to class {label} at w = {w:g}"
 
 
 @st.cache_resource(show_spinner="Loading model ...")

@@ -56,6 +56,10 @@ st.caption(f"Blue: the exact log-density of **{cfg['toy']}**; red: samples from 
            f"**{kind_label(cfg['model_kind'])}** denoiser with **{solver}**, seed {seed} (the same initial noise for "
            "both schedules). Points off the blue modes are errors of the schedule, the solver or the model.")
 
+if "|" in cfg["model_kind"]:
+    st.caption("Guided: the samples follow the guided ODE towards the class (sharper as w grows), so the "
+               "metrics below, which compare to the whole toy, get worse by design; compare schedules with "
+               "each other, not with the unguided numbers.")
 st.plotly_chart(plots.schedule_points_fig(scheds), key="pg_fig_points")
 st.caption("Where each schedule spends its steps: dense points mean small steps at that noise level. "
            "The last step jumps from the smallest sigma to 0.")

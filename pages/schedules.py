@@ -55,7 +55,7 @@ def _say(where: str, kind: str, text: str):
 def _show(where: str):
     if MSG[where] in st.session_state:
         kind, text = st.session_state[MSG[where]]
-        (st.error if kind == "error" else st.success)(text)
+        {"error": st.error, "warning": st.warning}.get(kind, st.success)(text)
 
 
 def _add_heuristic():
@@ -89,10 +89,25 @@ def _import():
         s = parse(text, name=name, convention=conv, table=ss.get("sc_import_table") if conv != "flow" else None)
         if ss.get("sc_import_name"):
             s = s.with_name(name)
-        _say("import", "success", f"imported {s.steps}-step schedule ({s.params.get('convention')}) as "
-                                  f"{add_to_library(s)!r}")
+        label = add_to_library(s)
+        cfg = settings()
+        model = toy_model(cfg["toy"], cfg["model_kind"], cfg["device"])
+        warn = range_mismatch(s, model.sigma_min, model.sigma_max, f"the sidebar's model ({cfg['toy']})")
+        _say("import", "warning" if warn else "success",
+             f"imported {s.steps}-step schedule ({s.params.get('convention')}) as {label!r}"
+             + (f". Note: {warn} Use it with the model it was made for." if warn else ""))
     except ScheduleLabError as e:
-        _say("import", "error", f"import failed: {e}")
+        _say("import", "error", f"import failed: {_app_words(str(e))}")
+
+
+def _app_words(message: str) -> str:
+    """The parser's command-line flags as this page's choices."""
+    for flag, choice in (("--from timesteps --table NAME", f"'{CONVENTIONS['timesteps']}' with the model's table"),
+                         ("--from sigmas", f"'{CONVENTIONS['sigmas']}'"),
+                         ("--from timesteps", f"'{CONVENTIONS['timesteps']}'"),
+                         ("--from flow", f"'{CONVENTIONS['flow'].split(' (')[0]}'")):
+        message = message.replace(flag, choice)
+    return message.replace("choose the convention:", "choose under 'The numbers are':")
 
 
 def _remove():

@@ -121,6 +121,15 @@ def test_schedules_page_downloads_hold_the_export_text(downloads):
     texts = at.session_state["sc_export"]
     for fmt in ("json", "comfyui", "diffusers", "list"):
         assert downloads(at, f"sc_dl_{fmt}").decode() == texts[fmt]
+    # an import outside the sidebar model's range (0.002 .. 80) is added with a warning next to Import
+    for text, outside in (("[120, 10, 1, 0]", True), ("[10, 1, 0.1, 0]", False)):
+        at.text_area(key="sc_import_text").input(text)
+        at.radio(key="sc_import_conv").set_value("sigmas")
+        at.button(key="sc_import_btn").click().run()
+        assert_clean(at)
+        assert (len(at.warning), len(at.success)) == ((1, 0) if outside else (0, 1))
+        msg = (at.warning if outside else at.success)[0].value
+        assert msg.startswith("imported 3-step schedule") and ("above the sidebar's model" in msg) == outside
 
 
 # ---------------------------------------------------------------- the sidebar's paths

@@ -135,7 +135,8 @@ def test_add_a_comfyui_table_scheduler(page):
 def test_import_conventions_are_explicit(page):
     before = dict(_library(page))
     _import(page, "tensor([999., 850., 736., 645., 0.])")            # auto: looks like timesteps -> refused
-    assert len(page.error) == 1 and "--from timesteps" in page.error[0].value and _library(page) == before
+    assert len(page.error) == 1 and "'training timesteps (+ table)' with the model's table" in page.error[0].value
+    assert "--" not in page.error[0].value and _library(page) == before           # the page's words, no CLI flags
     _import(page, "[999, 850, 736, 645, 545, 455, 343, 233, 124, 24]", conv="timesteps", table="sd15", name="ts")
     assert_clean(page)
     assert _library(page)["ts (10 steps)"].sigmas == make_schedule("ays_sd15", 10).sigmas

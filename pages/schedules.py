@@ -265,8 +265,9 @@ with tr_solver:
                 w = range_mismatch(s, model.sigma_min, model.sigma_max, "the sidebar's model")
                 if w:
                     st.warning(w, icon="⚠️")
-            rows = [(f"{re.sub(r' [(][0-9]+ steps[)]$', '', lab)} ({s.solver or 'heuristic'})", s.sigmas, s.solver)
-                    for lab, s in rows]                  # (every row has the same steps, named in the title)
+            short = [re.sub(r" [(][0-9]+ steps[)]$", "", lab) for lab, _ in rows]   # (the title names the steps)
+            short = [b if short.count(b) == 1 else lab for b, (lab, _) in zip(short, rows)]
+            rows = [(f"{b} ({s.solver or 'heuristic'})", s.sigmas, s.solver) for b, (_, s) in zip(short, rows)]
             if st.session_state.sc_tr_toyopt:
                 rows += toy_optimized_rows(cfg["toy"], cfg["model_kind"], cfg["device"], steps, seed)
             rec = solver_matrix(cfg["toy"], cfg["model_kind"], cfg["device"], tuple(rows),

@@ -159,6 +159,13 @@ def test_every_page_renders_without_errors(server, browser, tmp_path):
         page.screenshot(path=str(tmp_path / f"{path or 'playground'}.png"), full_page=True)
         if path in LAYOUT_PAGES:
             _layout_at(page, (1024, 1280), title, tmp_path / "narrow" / f"{path or 'playground'}_1024.png")
+        if path == "schedules":                    # the message shows under the button that caused it
+            button = page.get_by_role("button", name="Add to library")
+            button.click()
+            _settle(page)
+            alert = page.get_by_test_id("stAlertContentSuccess").filter(has_text="added")
+            gap = alert.bounding_box()["y"] - (button.bounding_box()["y"] + button.bounding_box()["height"])
+            assert 0 <= gap < 120, f"the 'added' message is {gap:.0f} px from its button"
     # a direct URL opens a page too (a fresh session)
     page.goto(f"{server}/schedules", timeout=120_000)
     page.get_by_role("heading", name="Schedules").first.wait_for(timeout=120_000)

@@ -319,6 +319,16 @@ def option_label(opt: str) -> str:
     return f"library: {opt[len(LIB_PREFIX):]}" if opt.startswith(LIB_PREFIX) else opt
 
 
+def picked_label(opt: str, steps: int) -> str:
+    """option_label, with a library schedule's "(N steps)" saying when it is resampled to `steps`."""
+    import re
+    label = option_label(opt)
+    if opt.startswith(LIB_PREFIX):
+        label = re.sub(r"\((\d+) steps\)$", lambda m: m.group(0) if int(m.group(1)) == int(steps)
+                       else f"({m.group(1)} steps, resampled to {int(steps)})", label)
+    return label
+
+
 def build_schedule(opt: str, steps: int, sigma_min: float, sigma_max: float) -> Schedule:
     """A picker option at `steps` steps: a heuristic built over [sigma_min, sigma_max] (AYS
     presets keep their published range), or a library schedule interpolated log-linearly."""

@@ -17,7 +17,6 @@ import streamlit as st
 
 from app_lib.state import toy_model
 from app_lib.store import read_json
-from core.errors import ScheduleLabError
 from core.schedules import Schedule
 from core.transfer import guidance_transfer, solver_transfer
 

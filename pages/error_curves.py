@@ -4,8 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from app_lib import engine, plots
-from app_lib.state import (build_schedule, fit_warnings, init_widgets, option_label, schedule_options, settings,
-                           toy_model)
+from app_lib.state import (build_schedule, fit_warnings, init_widgets, option_label, picked_label, schedule_options,
+                           settings, toy_model)
 from core.errors import ScheduleLabError
 from core.viz_data import cumulative_share, objective_totals
 
@@ -42,7 +42,8 @@ if not st.session_state.ec_scheds:
     st.info("Pick at least one schedule.")
     st.stop()
 try:
-    scheds = {option_label(o): build_schedule(o, int(st.session_state.ec_steps), model.sigma_min, model.sigma_max)
+    scheds = {picked_label(o, int(st.session_state.ec_steps)):
+              build_schedule(o, int(st.session_state.ec_steps), model.sigma_min, model.sigma_max)
               for o in st.session_state.ec_scheds}
 except ScheduleLabError as e:
     st.error(str(e))

@@ -3,8 +3,9 @@ schedules side by side on the same noise, trajectories, and metrics with interva
 import streamlit as st
 
 from app_lib import plots
-from app_lib.state import (build_schedule, fit_warnings, init_widgets, kind_label, option_label, schedule_options,
-                           settings, solver_options, toy_density, toy_metrics, toy_model, toy_samples)
+from app_lib.state import (build_schedule, fit_warnings, init_widgets, kind_label, option_label, picked_label,
+                           schedule_options, settings, solver_options, toy_density, toy_metrics, toy_model,
+                           toy_samples)
 from core.errors import ScheduleLabError
 
 st.title("Playground")
@@ -33,7 +34,7 @@ c[2].number_input("Seeds", min_value=1, max_value=8, step=1, key="pg_seeds",
 
 steps, solver, n, seed = int(st.session_state.pg_steps), st.session_state.pg_solver, int(st.session_state.pg_n), cfg["seed"]
 try:
-    scheds = {f"A: {option_label(st.session_state[k])}" if i == 0 else f"B: {option_label(st.session_state[k])}":
+    scheds = {f"{'AB'[i]}: {picked_label(st.session_state[k], steps)}":
               build_schedule(st.session_state[k], steps, model.sigma_min, model.sigma_max)
               for i, k in enumerate(("pg_sched_a", "pg_sched_b"))}
 except ScheduleLabError as e:

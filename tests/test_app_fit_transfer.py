@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,13 +60,16 @@ def _lib_schedule(toy_model_name: str, solver: str | None) -> Schedule:
 def test_playground_warns_for_another_solver_and_another_model_and_not_otherwise():
     at = open_page("playground", toy="gaussian", **CHEAP)
     assert at.session_state["pg_warnings"] == [] and not at.warning
-    at.session_state["library"]["so"] = _lib_schedule("exact:gaussian", "heun")
+    at.session_state["library"]["so (4 steps)"] = _lib_schedule("exact:gaussian", "heun")
     at.run()
-    at.selectbox(key="pg_sched_a").set_value("lib:so").run()
+    at.selectbox(key="pg_sched_a").set_value("lib:so (4 steps)").run()
     assert_clean(at)
     got = at.session_state["pg_warnings"]                      # dpmpp_2m, made for heun, same model
     assert len(got) == 1 and "optimized for the heun solver" in got[0] and "dpmpp_2m" in got[0]
     assert [w.value for w in at.warning] == got
+    at.number_input(key="pg_steps").set_value(3).run()         # resampled: still made for heun, and labelled so
+    assert list(at.session_state["pg_schedules"])[0] == "A: library: so (4 steps, resampled to 3)"
+    assert at.session_state["pg_warnings"] == [got[0].replace("(4 steps)", "(4 steps, resampled to 3)")]
     at.selectbox(key="pg_solver").set_value("heun").run()      # its own solver: no warning
     assert at.session_state["pg_warnings"] == [] and not at.warning
     at.session_state["sb_toy"] = "ring8"                         # another toy's model

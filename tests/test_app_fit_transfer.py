@@ -214,3 +214,20 @@ def test_solver_heatmap_is_the_engines_matrix():
     hm = figures(at)["sc_fig_transfer_solver"]["data"][0]
     assert hm["x"] == ["euler", "heun", "dpmpp_2m"] and hm["y"] == ["karras (heuristic)", "so (heun)"]
     np.testing.assert_allclose(arr(hm["z"]).reshape(2, 3), np.log10(np.asarray(want["ratio"])), atol=1e-12)
+
+
+def test_solver_transfer_shows_each_solvers_convergence_order():
+    """core.transfer.solver_transfer on the exact ring8 denoiser: doubling the Karras steps from 32 to 64
+    halves euler's distance to the reference (first order) and quarters heun's (second order); a
+    stochastic solver is refused (its samples do not follow the reference ODE)."""
+    from core.errors import ScheduleLabError
+    from core.models import load_toy_model
+    from core.transfer import solver_transfer
+    m = load_toy_model("ring8", "exact")
+    sc = {f"k{n}": make_schedule("karras", n, m.sigma_min, m.sigma_max) for n in (32, 64)}
+    rec = solver_transfer(m, sc, ["euler", "heun"], n=256, ref_steps=800)
+    (e32, h32), (e64, h64) = rec["value"]
+    assert 1.7 < e32 / e64 < 2.6 and 3.2 < h32 / h64 < 6.0, rec["value"]
+    assert rec["nfe"] == [[32, 63], [64, 127]] and rec["own"] == [[False, False], [False, False]]
+    with pytest.raises(ScheduleLabError, match="stochastic"):
+        solver_transfer(m, sc, ["euler_ancestral"])

@@ -231,3 +231,15 @@ def test_solver_transfer_shows_each_solvers_convergence_order():
     assert rec["nfe"] == [[32, 63], [64, 127]] and rec["own"] == [[False, False], [False, False]]
     with pytest.raises(ScheduleLabError, match="stochastic"):
         solver_transfer(m, sc, ["euler_ancestral"])
+
+
+def test_cli_sample_warns_for_another_solver(tmp_path, capsys):
+    from core.cli import main
+    f = tmp_path / "so.json"
+    f.write_text(_lib_schedule("exact:grid8x8", "heun").to_json())
+    args = ["sample", "--toy", "grid8x8", "--schedule", str(f), "--steps", "4", "--n", "200", "--json"]
+    assert main(args + ["--solver", "dpmpp_2m"]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "optimized for the heun solver" in err
+    assert main(args + ["--solver", "heun"]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -123,6 +123,12 @@ def _sample(a):
         sched = load_schedule(a.schedule, a.steps, _or(a.sigma_min, model.sigma_min), _or(a.sigma_max, model.sigma_max),
                               **parse_params(a.param))
         r = evaluate_model(model, sched, a.solver, n=a.n, seeds=seeds, data=data, mixture=mix)
+    import sys
+
+    from core.schedules.fit import model_mismatch, solver_mismatch
+    for w in (solver_mismatch(sched, a.solver), model_mismatch(sched, str(getattr(model, "name", "")))):
+        if w:                                               # a schedule used where it was not made for
+            sys.stderr.write(f"warning: {w}\n")
     out = {k: r[k] for k in ("nll", "kde_nll", "coverage", "swd", "mmd", "nfe", "seconds", "sigmas")}
     out.update({k + "_ci": r[k + "_ci"] for k in ("nll", "kde_nll", "coverage", "swd", "mmd")})
     if getattr(model, "calls_per_eval", 1) == 2 or (a.cfg is not None and a.cfg != 1):

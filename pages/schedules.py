@@ -233,8 +233,8 @@ st.subheader("Does a schedule transfer?")
 st.caption("A schedule is optimized for one solver (or one guidance scale): how does it do with the others? "
            "Rows: schedules and what they were optimized for; columns: the condition they are sampled under. "
            "Colour: the error divided by the best row's error in that column (green = the best there); text: "
-           "the error itself; ● marks the condition the row was optimized for. The issue this answers: a "
-           "score-optimal schedule (made for heun) gave NLL 15.3 with dpmpp_2m.")
+           "the error itself; ● marks the condition the row was optimized for. A schedule whose own column "
+           "is its only green cell does not transfer: sample it with what it was made for.")
 tr_solver, tr_guidance = st.tabs(["Other solvers (the sidebar's toy, computed)",
                                   "Other guidance scales (benchmark results)"])
 with tr_solver:

@@ -29,9 +29,8 @@ def solver_mismatch(schedule: Schedule, solver: str, label: str | None = None) -
     if meant is None or meant == solver:
         return None
     return (f"{label or schedule.label()} was optimized for the {meant} solver and is sampled here with {solver}: "
-            f"its steps sit where {meant}'s errors are, not {solver}'s, and it can do worse than a heuristic "
-            f"(a score-optimal schedule made for heun gave NLL 15.3 with dpmpp_2m). Pick {meant}, or "
-            f"optimize a schedule for {solver}.")
+            f"its steps sit where {meant}'s errors are, not {solver}'s, and it can do worse than a heuristic. "
+            f"Pick {meant}, or optimize a schedule for {solver}.")
 
 
 def model_mismatch(schedule: Schedule, model: str, label: str | None = None) -> str | None:

@@ -239,7 +239,8 @@ def model_choice(toy: str | None = None, base: str | None = None) -> dict:
 
 def model_knobs(choice: dict) -> dict:
     """The model part of a run's knobs (what Resume checks besides the method's knobs)."""
-    return {"toy": choice["toy"], "model": choice["model_kind"] if choice["source"] == TOY else choice["source"],
+    toy_kind = "exact" if choice["label"] != "none" else choice["model_kind"]    # (the guided kind: label and cfg)
+    return {"toy": choice["toy"], "model": toy_kind if choice["source"] == TOY else choice["source"],
             "label": None if choice["label"] == "none" else choice["label"], "cfg": choice["cfg"]}
 
 

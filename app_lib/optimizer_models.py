@@ -20,6 +20,7 @@ TOY = "toy"
 # the image knobs the command line uses (core.cli.opt_ays IMAGE_DEFAULTS), rounded to the page's options
 IMAGE_KNOBS = {"n_samples": 64, "max_iters": 5, "patience": 2, "heldout_solver": "dpmpp_2m", "heldout_n": 512,
                "levels": 100}
+IMAGE_CFG = 3.0               # the guidance scale an image model starts with (digits-flow's card: w = 3)
 IMAGE_CHUNK = 256             # AYS Monte Carlo samples per model batch (core.cli.opt_ays)
 
 

@@ -27,7 +27,7 @@ KNOBS = {
     "c": ("c", "AYS: data scale of KLUB's importance sampler (Eq. 15)"),
     "max_iters": ("Iterations", "AYS: sweep cap per stage"),
     "maxiter": ("Solver iterations", "DM-NonUniform: trust-constr iteration cap per start"),
-    "heldout": ("Early-stopping metric", "AYS: held-out quality metric, lower is better (kde_nll: held-out data "
+    "heldout": ("Early stopping", "AYS: held-out quality metric, lower is better (kde_nll: held-out data "
                                          "under a KDE of the samples, which a collapsed sample cannot win; nll: exact "
                                          "density of the toy at the samples, which rewards collapse onto the modes; swd: "
                                          "sliced W2 to data; ref_error: distance to a many-step solution; fd, digits "
@@ -36,7 +36,7 @@ KNOBS = {
     "patience": ("Patience", "AYS: first-stage sweeps without a held-out improvement before stopping early"),
     "heldout_solver": ("Solver", "AYS: the solver the held-out metric samples with (the solver the schedule is "
                                  "tuned for). DM-NonUniform always optimizes for dpmpp_3m_lagrange."),
-    "heldout_n": ("Held-out samples", "AYS: samples per held-out evaluation"),
+    "heldout_n": ("Held-out size", "AYS: samples per held-out evaluation"),
     "p": ("p", "DM-NonUniform model-error exponent: 1 for pixel models, 2 for latent ones"),
     "v": ("v", "score-optimal speed v(sigma) = sigma^v (the paper's transcription uses v = 1)"),
     "levels": ("Levels", "score-optimal: log-spaced noise levels of the Stein density grid"),
@@ -49,12 +49,12 @@ st.caption("Run a schedule optimizer on the sidebar's toy or an image model and 
            "the true optimum, AYS Sec. 3.3).")
 
 cfg = settings()
-init_widgets({"opt_method": "ays", "opt_steps": 10, "opt_stages": 1, "opt_n_samples": 1024,
-              "opt_n_candidates": 10, "opt_c": 0.5, "opt_max_iters": 30, "opt_heldout": "kde_nll",
-              "opt_patience": 3, "opt_heldout_solver": "dpmpp_2m", "opt_heldout_n": 2048, "opt_p": 1.0,
-              "opt_v": 1.0, "opt_levels": 100, "opt_starts": list(STARTS), "opt_maxiter": 1000,
-              "opt_model": TOY, "opt_path": "", "opt_label": "none", "opt_cfg": 1.0})
-TOY_KNOBS = {k: st.session_state.get("_keep_opt_" + k) for k in optimizer_models.IMAGE_KNOBS}
+DEFAULTS = {"opt_method": "ays", "opt_steps": 10, "opt_stages": 1, "opt_n_samples": 1024,
+            "opt_n_candidates": 10, "opt_c": 0.5, "opt_max_iters": 30, "opt_heldout": "kde_nll",
+            "opt_patience": 3, "opt_heldout_solver": "dpmpp_2m", "opt_heldout_n": 2048, "opt_p": 1.0,
+            "opt_v": 1.0, "opt_levels": 100, "opt_starts": list(STARTS), "opt_maxiter": 1000,
+            "opt_model": TOY, "opt_path": "", "opt_label": "none", "opt_cfg": 1.0}
+init_widgets(DEFAULTS)
 STARTED_HERE = "opt_started_here"
 SEEN = "_opt_sidebar_guidance"        # the sidebar's (label, w) the page's widgets last followed (toys)
 
@@ -86,9 +86,11 @@ def _model_changed():
     ss = st.session_state
     image = ss.opt_model != TOY
     for k, v in optimizer_models.IMAGE_KNOBS.items():
-        default = v if image else TOY_KNOBS[k]
-        if default is not None:
-            ss[f"opt_{k}"] = default
+        ss[f"opt_{k}"] = v if image else DEFAULTS[f"opt_{k}"]
+    if image:
+        ss.opt_cfg = optimizer_models.IMAGE_CFG
+    else:
+        ss.pop(SEEN, None)                     # a toy shows the sidebar's label and w again
 
 
 def _adopt_restored_run():

@@ -114,6 +114,24 @@ def test_score_optimal_chart_holds_the_density_and_equal_area_levels():
     assert max(loglin) / min(loglin) - 1 > 0.2
 
 
+def test_score_optimal_events_carry_the_density_so_far():
+    """Engine side of the live chart: each density event holds the levels estimated so far, a prefix of
+    the final density on the same grid (the same x0 and noise at every level)."""
+    from core.models import load_toy_model
+    from core.optimizers.score_optimal import ScoreOptimalOptimizer
+    from toy_data import get_toy
+    mix = get_toy("grid8x8")
+    opt = ScoreOptimalOptimizer(load_toy_model("grid8x8", "exact"), lambda n, g: mix.sample(n, g), 5, levels=40,
+                                n=32, chunk_points=32 * 10)
+    evs = list(opt.events())
+    final = evs[-1].extra
+    assert [len(e.extra["density_log"]) for e in evs[:-1]] == [10, 20, 30, 40]
+    for e in evs[:-1]:
+        k = e.extra["levels_done"]
+        assert e.extra["grid_sigma"] == final["grid_sigma"][:k]
+        np.testing.assert_allclose(e.extra["density_log"], final["density_log"][:k], rtol=1e-12)
+
+
 def test_nonuniform_draws_one_objective_line_per_start():
     at = open_page("optimizer", opt_method="nonuniform", opt_steps=5, opt_maxiter=100)
     at.button(key="opt_start").click().run()

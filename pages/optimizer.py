@@ -130,6 +130,8 @@ model_id, n_classes, model_ok = None, 0, True
 if ss.opt_model == FOLDER:
     m[0].text_input("Folder path", key="opt_path", placeholder="/path/to/diffusers/model",
                     help="a local diffusers model folder (nothing is downloaded)")
+    m[0].caption("No data ships with a folder: AYS and score-optimal fit the model's own many-step samples "
+                 "(generated once when the run starts, then cached on disk), not data.")
 if ss.opt_model == TOY:
     if cfg["toy"] in LABELLED_TOYS and toy_base == "exact":
         n_classes = len(set(LABELLED_TOYS[cfg["toy"]]()))
@@ -155,14 +157,13 @@ if n_classes:
                       help="classifier-free guidance D = D_uncond + w (D_cond - D_uncond), passed to the optimizer "
                            "as part of the model: 2 model calls per evaluation unless w = 1. The guided ODE does not "
                            "sample p(x) p(c|x)^w: score-optimal and AYS fit the class's data.")
-label = ss.opt_label if n_classes else "none"
-guidance = None if label == "none" else float(ss.opt_cfg)
 st.selectbox("Method", list(engine.OPTIMIZERS), key="opt_method", format_func=engine.OPTIMIZERS.get)
 method = st.session_state.opt_method
 uses = engine.METHOD_KNOBS[method]
 if method == "nonuniform":
     st.info("DM-NonUniform minimises an error bound of the **dpmpp_3m_lagrange** solver: the schedule it returns is "
-            "meant for dpmpp_3m_lagrange (it is saved with solver = dpmpp_3m_lagrange). It needs no data and no model.")
+            "meant for dpmpp_3m_lagrange (it is saved with solver = dpmpp_3m_lagrange). It needs no data and no model "
+            "calls: only the model's noise range (and, for an image model, its noise process).")
 
 
 def off(k):

@@ -17,6 +17,13 @@ import plotly.graph_objects as go
 from app_lib.plots import _layout, _positive, color, sigma_ticks
 
 BANDS = ("rgba(31, 119, 180, 0.28)", "rgba(31, 119, 180, 0.12)")      # alternating interval fills
+LOG_SPAN = 30.0            # an objective spanning more than this factor gets a log axis
+
+
+def _legend_below(fig: go.Figure) -> go.Figure:
+    """The legend under the x axis's title (app_lib.plots._layout's sits on it)."""
+    fig.update_layout(legend=dict(orientation="h", y=-0.2, yanchor="top"))
+    return fig
 
 
 def _group(h: dict) -> str:
@@ -38,7 +45,7 @@ def optimizer_points_fig(history: list, title: str = "Schedule points over itera
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=g, marker=dict(size=5, color=color(j))))
     fig.update_yaxes(type="log", title="sigma", **sigma_ticks([h["sigmas"] for h in shown]))
     fig.update_xaxes(title="iteration")
-    return _layout(fig, title)
+    return _legend_below(_layout(fig, title))
 
 
 def optimizer_curves_fig(history: list, early_stopped_at=None, best_so_far=None,
@@ -47,7 +54,8 @@ def optimizer_curves_fig(history: list, early_stopped_at=None, best_so_far=None,
     the run has one group, else "objective, GROUP" (AYS "stage K": each stage has more steps, so its
     total is on another level; DM-NonUniform "start NAME": each start begins afresh from its own
     initial schedule; its final "result" is one marker). Events without a finite objective are left
-    out. The held-out metric on the right axis, named by the events' `heldout_name`; the early-stopping
+    out; a log axis when the objective spans more than LOG_SPAN (a poor start far above the rest would
+    flatten every other line). The held-out metric on the right axis, named by the events' `heldout_name`; the early-stopping
     point the optimizer reported as a dashed vertical line, the best held-out iteration so far (while
     it runs) as a dotted one."""
     obj = [h for h in history if h["objective"] is not None and np.isfinite(h["objective"])]
@@ -61,6 +69,8 @@ def optimizer_curves_fig(history: list, early_stopped_at=None, best_so_far=None,
         fig.add_trace(go.Scatter(x=[a for a, _ in pts], y=[b for _, b in pts], name=name,
                                  mode="markers" if g == "result" else "lines+markers",
                                  line=dict(color=color(j)), marker=dict(size=9 if g == "result" else 6)))
+    vals = np.array([h["objective"] for h in obj])
+    log_y = vals.size > 1 and vals.min() > 0 and vals.max() / vals.min() > LOG_SPAN   # a start far above the rest
     held = [(h["iteration"], h["heldout"]) for h in history if h.get("heldout") is not None]
     if held:
         metric = next((h["heldout_name"] for h in reversed(history) if h.get("heldout_name")), None)
@@ -75,8 +85,9 @@ def optimizer_curves_fig(history: list, early_stopped_at=None, best_so_far=None,
         fig.add_vline(x=best_so_far, line_dash="dot", line_color="gray",
                       annotation_text="best held-out so far", annotation_position="top left")
     fig.update_xaxes(title="iteration")
-    fig.update_layout(yaxis=dict(title=objective_name))     # (update_yaxes would also retitle the right axis)
-    return _layout(fig, title)
+    # (update_layout, not update_yaxes: that would also retitle the right axis)
+    fig.update_layout(yaxis=dict(title=objective_name, type="log" if log_y else "linear"))
+    return _legend_below(_layout(fig, title))
 
 
 def stein_density_fig(density: dict, sigmas=None,
@@ -105,4 +116,4 @@ def stein_density_fig(density: dict, sigmas=None,
                                  marker=dict(size=8, color=color(1))))
     fig.update_xaxes(type="log", title="sigma", **sigma_ticks([g]))
     fig.update_yaxes(title="dLambda / dlog sigma", rangemode="tozero")
-    return _layout(fig, title)
+    return _legend_below(_layout(fig, title))

@@ -148,6 +148,8 @@ def test_nonuniform_draws_one_objective_line_per_start():
         np.testing.assert_allclose(arr(line["y"]), [h["objective"] for h in mine], rtol=1e-12)
         spans.append((min(arr(line["x"])), max(arr(line["x"]))))
     assert all(a[1] < b[0] for a, b in zip(spans, spans[1:]))    # no line joins one start to the next
+    ys = np.concatenate([arr(t["y"]) for t in fig["data"]])
+    assert ys.max() / ys.min() > 30 and fig["layout"]["yaxis"]["type"] == "log"   # uniform_t starts far above
     _, info = optimize_nonuniform(5, 0.002, 80.0, strict=False, maxiter=100)
     assert arr(trace(fig, "objective, result")["y"])[0] == pytest.approx(info["objective"], rel=1e-12)
 

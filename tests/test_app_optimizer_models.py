@@ -235,3 +235,15 @@ def test_image_model_run_with_label_and_guidance_shows_progress_and_gives_the_en
     assert at.session_state["library"][run.saved_label].sigmas == opt.result().sigmas
     fig = figures(at)["opt_fig_curves"]
     assert fig["layout"]["yaxis2"]["title"]["text"] == "held-out ref_error (lower is better)"
+
+
+def test_a_guided_image_model_keeps_its_noise_process_for_dm_nonuniform(cgauss_registry, monkeypatch):
+    """DM-NonUniform's error model follows the image model's own process (here a flow one); guiding the
+    model must not hide it (GuidedDenoiser has no `process`: the factory asks its base)."""
+    from app_lib import optimizer_models
+    from core.models.wrap import make_process
+    monkeypatch.setattr(CondGaussImages, "process", make_process("flow"), raising=False)
+    knobs = {"steps": 5, "p": 1.0, "starts": ["uniform_t"], "maxiter": 50}
+    for label in ("none", "1"):
+        opt = optimizer_models.image_optimizer_factory("nonuniform", knobs, "cgauss8", label, 3.0, "cpu")()
+        assert opt.noise == "flow" and (opt.sigma_min, opt.sigma_max) == (0.002, 80.0)

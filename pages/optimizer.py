@@ -3,6 +3,8 @@ image model (digits, digits-flow, a diffusers folder), with its class label and 
 every knob; Start / Stop / Resume (the run is app_lib.runs': it goes on in its own thread
 while the user visits other pages, and survives a reload); the schedule's points, the objective
 and the held-out metric update while it runs; the result goes to the schedule library."""
+from pathlib import Path
+
 import streamlit as st
 
 from app_lib import engine, optimizer_models, runs
@@ -139,9 +141,14 @@ if ss.opt_model == TOY:
 else:
     model_id = ss.opt_path.strip() if ss.opt_model == FOLDER else ss.opt_model
     try:
-        if not model_id:
-            raise ScheduleLabError("enter the path of a local diffusers model folder")
-        n_classes = engine.image_num_classes(model_id, cfg["device"])
+        if ss.opt_model == FOLDER and model_id and not Path(model_id).expanduser().is_dir():
+            raise ScheduleLabError(f"no folder at {model_id!r}: give the path of a local diffusers model folder "
+                                   "(one saved with save_pretrained: a UNet2DModel and its scheduler config)")
+        if model_id:
+            n_classes = engine.image_num_classes(model_id, cfg["device"])
+        else:
+            m[0].info("Enter the path of a local diffusers model folder.")
+            model_ok = False
     except ScheduleLabError as e:
         m[0].error(str(e))                  # next to the control that caused it
         model_ok = False

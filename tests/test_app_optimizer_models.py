@@ -205,6 +205,10 @@ def test_image_model_run_with_label_and_guidance_shows_progress_and_gives_the_en
     gate, real = Gate(None, lambda ev: ev.iteration == 1), optimizer_models.image_optimizer_factory
     monkeypatch.setattr(optimizer_models, "image_optimizer_factory", lambda *a, **k: gate.wrap(real(*a, **k)))
     at = open_page("optimizer", **AYS_IMG)
+    at.selectbox(key="opt_model").set_value("diffusers folder ...").run()     # no path yet: Start waits for one
+    assert at.button(key="opt_start").disabled and not at.error
+    at.text_input(key="opt_path").set_value("/no/such/folder").run()
+    assert at.button(key="opt_start").disabled and "no folder at '/no/such/folder'" in at.error[0].value
     at.selectbox(key="opt_model").set_value("cgauss8").run()
     assert_clean(at)
     assert at.selectbox(key="opt_n_samples").value == 64 and at.number_input(key="opt_patience").value == 2

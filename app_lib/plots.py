@@ -194,54 +194,6 @@ def cumulative_fig(cums: dict, title: str) -> go.Figure:
     return _layout(fig, title)
 
 
-# ---------------------------------------------------------------- optimizer
-def optimizer_points_fig(history: list, title: str = "Schedule points over iterations") -> go.Figure:
-    """Every event's positive sigmas against its iteration (log y), one series per "group" (AYS
-    stage, DM-NonUniform start); placeholder events (no schedule yet) are left out."""
-    fig = go.Figure()
-    groups = list(dict.fromkeys(h.get("group", f"stage {h['stage']}") for h in history if not h.get("placeholder")))
-    for j, g in enumerate(groups):
-        xs, ys = [], []
-        for h in history:
-            if h.get("group", f"stage {h['stage']}") == g and not h.get("placeholder"):
-                pos = _positive(h["sigmas"])
-                xs.extend([h["iteration"]] * len(pos))
-                ys.extend(pos.tolist())
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=g, marker=dict(size=5, color=color(j))))
-    fig.update_yaxes(type="log", title="sigma",
-                     **sigma_ticks([h["sigmas"] for h in history if not h.get("placeholder")]))
-    fig.update_xaxes(title="iteration")
-    return _layout(fig, title)
-
-
-def optimizer_curves_fig(history: list, early_stopped_at=None, best_so_far=None,
-                         title: str = "Objective and held-out metric", objective_name: str = "objective") -> go.Figure:
-    """Objective (left axis, `objective_name`) and held-out metric (right axis, named by the events'
-    `heldout_name`) per iteration (events without an objective value are left out); the early-stopping
-    point the optimizer reported as a dashed vertical line, the best held-out iteration so far (while it
-    runs) as a dotted one."""
-    obj = [(h["iteration"], h["objective"]) for h in history
-           if h["objective"] is not None and np.isfinite(h["objective"])]
-    fig = go.Figure([go.Scatter(x=[a for a, _ in obj], y=[b for _, b in obj], mode="lines+markers",
-                                name="objective", line=dict(color=color(0)))])
-    held = [(h["iteration"], h["heldout"]) for h in history if h.get("heldout") is not None]
-    if held:
-        name = next((h["heldout_name"] for h in reversed(history) if h.get("heldout_name")), None)
-        label = f"held-out {name}" if name else "held-out"
-        fig.add_trace(go.Scatter(x=[a for a, _ in held], y=[b for _, b in held], mode="lines+markers",
-                                 name=label, yaxis="y2", line=dict(color=color(1))))
-        fig.update_layout(yaxis2=dict(title=f"{label} (lower is better)", overlaying="y", side="right"))
-    if early_stopped_at is not None:
-        fig.add_vline(x=early_stopped_at, line_dash="dash", line_color="green",
-                      annotation_text="early-stopping point", annotation_position="top left")
-    elif best_so_far is not None:
-        fig.add_vline(x=best_so_far, line_dash="dot", line_color="gray",
-                      annotation_text="best held-out so far", annotation_position="top left")
-    fig.update_xaxes(title="iteration")
-    fig.update_layout(yaxis=dict(title=objective_name))     # (update_yaxes would also retitle the right axis)
-    return _layout(fig, title)
-
-
 # ---------------------------------------------------------------- images
 def image_grid_fig(images, title: str, cols: int = 4, zrange=(-1.0, 1.0)) -> go.Figure:
     """A grid of images [n, C, H, W] (C = 1 grey or 3 RGB, values in zrange, the engine's

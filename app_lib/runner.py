@@ -45,7 +45,9 @@ class OptimizerRun:
         history: one dict per event: ProgressEvent.to_dict() plus "early_stopped_at" (AYS:
             extra["early_stopped_at"]), "group" (the plot series: "stage K", or DM-NonUniform's
             "start NAME" and its final "result") and "placeholder" (True for events whose schedule
-            is not a result yet: score-optimal's density chunks).
+            is not a result yet: score-optimal's density chunks), and for score-optimal "density"
+            ({grid_sigma, density_log}: its Stein density on the levels estimated so far, all of them
+            on the last event).
         state: the optimizer's state_dict() after the last event (what Resume loads).
         progress: core.optimizers.progress.Progress.to_dict() after the last event.
         message: the last event's message, or why the run stopped or failed.
@@ -172,6 +174,8 @@ class OptimizerRun:
         rec["group"] = (f"start {extra['start']}" if "start" in extra else
                         "result" if "best_start" in extra else f"stage {ev.stage}")
         rec["placeholder"] = self.method == "score_optimal" and not ev.done
+        if "density_log" in extra:                   # score-optimal: its Stein density on its grid (so far)
+            rec["density"] = {"grid_sigma": list(extra["grid_sigma"]), "density_log": list(extra["density_log"])}
         state = opt.state_dict()
         prog = progress_of(opt, elapsed, finished=ev.done)
         with self._lock:

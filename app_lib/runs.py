@@ -16,7 +16,7 @@ import streamlit as st
 
 from app_lib import store
 from app_lib.runner import OptimizerRun, SessionRuns
-from app_lib.state import add_to_library
+from app_lib.state import USER_KIND, add_to_library, kind_label
 from core.errors import ScheduleLabError
 from core.optimizers.progress import Progress
 
@@ -107,13 +107,25 @@ def result(run: OptimizerRun, make_factory):
 def save_result(run: OptimizerRun, make_factory=None) -> str:
     """Put the run's result into the library (once); returns its label."""
     s = result(run, make_factory)
-    run.saved_label = add_to_library(s, f"{run.method} {run.knobs.get('toy', '')} ({s.steps} steps)")
+    run.saved_label = add_to_library(s, f"{run.method} {model_line(run, short=True)} ({s.steps} steps)")
     run.saved_solver = s.solver
     try:
         store.save_run(run.to_record())
     except (OSError, ScheduleLabError):
         pass
     return run.saved_label
+
+
+def model_line(run: OptimizerRun, short: bool = False) -> str:
+    """The model a run optimizes, from its knobs: 'grid8x8 (exact), label 2, w = 4', 'digits-flow, label
+    all, w = 3' (short: 'grid8x8 label 2 w=4')."""
+    k = run.knobs
+    toy, model, label, w = k.get("toy"), str(k.get("model") or ""), k.get("label"), k.get("cfg")
+    base = kind_label(model if model.startswith(USER_KIND) else model.split("|")[0])
+    where = (toy if short else f"{toy} ({base})") if toy else model
+    if label is None:
+        return where
+    return f"{where} label {label} w={w:g}" if short else f"{where}, label {label}, w = {w:g}"
 
 
 def sync(run: OptimizerRun | None) -> None:

@@ -91,7 +91,10 @@ def test_ays_stop_in_stage_2_of_3_then_resume_matches_an_uninterrupted_run(monke
     assert run.progress["fraction"] == 1.0 and run.progress["done"]
     # the curves are the events' numbers, and the early-stopping point AYS reports is marked
     fig = figures(at)["opt_fig_curves"]
-    np.testing.assert_allclose(arr(trace(fig, "objective")["y"]), [e.objective for e in evs], rtol=1e-12)
+    for k in range(3):                                          # one objective line per stage (its own step count)
+        line = trace(fig, f"objective, stage {k}")
+        assert list(arr(line["x"])) == [e.iteration for e in evs if e.stage == k]
+        np.testing.assert_allclose(arr(line["y"]), [e.objective for e in evs if e.stage == k], rtol=1e-12)
     metric = evs[-1].extra["heldout_name"]                      # the right axis names the held-out metric
     np.testing.assert_allclose(arr(trace(fig, f"held-out {metric}")["y"]), [e.heldout for e in evs], rtol=1e-12)
     assert fig["layout"]["yaxis2"]["title"]["text"] == f"held-out {metric} (lower is better)"
@@ -230,8 +233,11 @@ def test_score_optimal_runs_to_the_engines_schedule():
     s = at.session_state["library"][run.saved_label]
     np.testing.assert_allclose(s.sigmas, want.sigmas, rtol=1e-12)
     assert run.history[-1]["objective"] == pytest.approx(info["total_cost"], rel=1e-12)
-    # density chunks are placeholders: only the final schedule is plotted
-    assert set(arr(trace(figures(at)["opt_fig_points"], "stage 0")["x"])) == {run.history[-1]["iteration"]}
+    # its chart is the Stein density (no iteration axis: its events are density chunks), with the schedule's levels
+    figs = figures(at)
+    assert set(figs) == {"opt_fig_density"}
+    np.testing.assert_allclose(arr(trace(figs["opt_fig_density"], "schedule levels")["x"]),
+                               sorted(want.sigmas[:-1]), rtol=1e-12)
     assert run.progress["step"] == 50 and run.progress["cap"] == 50 and run.progress["done"]
 
 

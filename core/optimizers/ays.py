@@ -104,8 +104,9 @@ class AYSOptimizer(Optimizer):
         max_iters: sweep cap per stage (paper: < 300), or one cap per stage (a list as long as stages).
         heldout: "auto" (kde_nll with a known mixture, which a collapsed sample cannot win, unlike nll;
             else ref_error) | "kde_nll" | "nll" | "swd" | "ref_error" | None.
-        heldout_fn: schedule -> float (lower is better); overrides `heldout`. It may return +inf for "never
-            keep this sweep" only when it has `inf_rejects = True` (a guard); any other non-finite value stops the run.
+        heldout_fn: schedule -> float (lower is better); overrides `heldout` (its `name` attribute, else
+            "custom", names it in the events). It may return +inf for "never keep this sweep" only when it
+            has `inf_rejects = True` (a guard); any other non-finite value stops the run.
         patience: first-stage sweeps without held-out improvement before stopping early (8: on
             grid8x8 the NLL plateaus for up to 5 sweeps before improving again; bench/ays.py).
         min_delta: held-out improvement smaller than this does not count.
@@ -163,7 +164,7 @@ class AYSOptimizer(Optimizer):
         self.heldout_solver, self.heldout_n, self.heldout_seed = heldout_solver, heldout_n, int(heldout_seed)
         self.heldout_every_stage = bool(heldout_every_stage)
         if heldout_fn is not None:
-            self.heldout, self._metric = "custom", heldout_fn
+            self.heldout, self._metric = getattr(heldout_fn, "name", "custom"), heldout_fn
         else:
             if heldout == "auto":
                 heldout = "kde_nll" if mixture is not None else "ref_error"

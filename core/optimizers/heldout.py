@@ -100,6 +100,8 @@ class FDHeldout:
     """schedule -> Frechet distance of `n` `solver` samples (fixed noise `seed`) to the digit
     classifier's features of the TRAINING split (core.metrics.images); lower is better."""
 
+    name = "fd"                   # AYS's events call the metric by it (extra["heldout_name"])
+
     def __init__(self, model, n: int = 1000, seed: int = 1234, solver: str = "dpmpp_2m"):
         from core.metrics import images as im
         if get_solver(solver).stochastic:

@@ -98,6 +98,9 @@ class ScoreOptimalOptimizer(Optimizer):
             the same estimate); "auto" (default): `auto_chunk_points` from the model's memory per sample.
             One event per batch of levels.
         precision: "auto" (jvp in the network's dtype, fd through a float64 copy) | "float64" | "model".
+    Events: one per batch of levels (extra: levels_done, levels, and the density so far on its grid,
+        grid_sigma and density_log = sqrt(delta) sigma = dLambda / dlog sigma), then the schedule (extra:
+        `info()`, with the whole density and Lambda).
     State: the density values computed so far (resumes at the next chunk).
     """
 
@@ -145,9 +148,11 @@ class ScoreOptimalOptimizer(Optimizer):
             self.iteration += 1
             self.seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
+            part = density_curves(self.grid[:end], self.delta[:end])           # the density so far, for plots
             yield ProgressEvent(self.method, self.iteration, self._placeholder, math.nan,
                                 message=f"Stein density: {end}/{self.grid.size} levels",
-                                extra={"levels_done": end, "levels": int(self.grid.size)})
+                                extra={"levels_done": end, "levels": int(self.grid.size),
+                                       "grid_sigma": part["grid_sigma"], "density_log": part["density_log"]})
         sched = self.result()
         self.iteration += 1
         self.seconds += time.perf_counter() - t0

@@ -63,3 +63,16 @@ def test_a_mismatched_flow_checkpoint_names_the_missing_key(tmp_path):
     save_file(sd, tmp_path / "bad.safetensors", metadata=meta)
     with pytest.raises(ScheduleLabError, match=key.replace(".", r"\.")):
         load_flow_checkpoint(tmp_path / "bad.safetensors")
+
+
+def test_dm_nonuniform_sees_the_flow_process(model):
+    """DM-NonUniform takes the model's process (issue 12 item 4): uniform_t starts uniform in flow t,
+    for the bare model and under guidance; an EDM process would start uniform in sigma instead."""
+    import numpy as np
+    from core.optimizers.nonuniform import model_process, start_levels
+    for m in (model, GuidedDenoiser(model, 3, 3.0)):
+        proc, smin, smax = model_process(m)
+        assert proc.name == "flow" and (smin, smax) == (model.sigma_min, model.sigma_max)
+    lam = start_levels("uniform_t", 6, smin, smax, process=proc)
+    t = np.exp(-lam) / (1 + np.exp(-lam))
+    np.testing.assert_allclose(t, np.linspace(0.999, 0.001, 6), rtol=1e-9)

@@ -24,6 +24,7 @@ from core.models.base import bcast
 from core.models.checkpoints import CHECKPOINTS, load_state_dict, read_metadata, state_dict_mismatch
 from core.models.guidance import ConditionalDenoiser
 from core.models.unet import UNet
+from core.processes import FlowMatching
 
 FLOW_DIR = CHECKPOINTS / "digits-flow"
 FLOW_CHECKPOINT = FLOW_DIR / "unet.safetensors"
@@ -45,6 +46,7 @@ class FlowUNetDenoiser(ConditionalDenoiser):
         self.num_classes = net.num_classes
         self.t_min, self.t_max = float(t_min), float(t_max)
         self.sigma_min, self.sigma_max = self.t_min / (1 - self.t_min), self.t_max / (1 - self.t_max)
+        self.process = FlowMatching(self.t_min, self.t_max)   # DM-NonUniform's uniform_t start is uniform in flow t
         self.sigma_data = 0.5
         self.name = name
         self.event_shape = (net.config["in_ch"], int(size), int(size))

@@ -59,6 +59,8 @@ def model_process(model):
     from core.processes import EDMProcess
     smin, smax = float(model.sigma_min), float(model.sigma_max)
     proc = getattr(model, "process", None)
+    if proc is None and hasattr(model, "base"):                  # a GuidedDenoiser: its base model's process
+        proc = getattr(model.base, "process", None)
     if proc is None or not all(hasattr(proc, a) for a in ("sigma", "t", "sigma_min", "sigma_max")):
         proc = EDMProcess(smin, smax)
     return proc, smin, smax

@@ -31,7 +31,7 @@ def leaderboard_fig(rows: list, metric: str, winner: str, best_heuristic: str) -
     if bh is not None:
         fig.add_vline(x=bh[metric], line_dash="dash", line_color=BEST_H,
                       annotation_text=f"best heuristic: {best_heuristic}", annotation_position="top")
-    fig.update_xaxes(title=f"held-out {metric} (lower is better; mean and 95 % interval over the noise batches)")
+    fig.update_xaxes(title=f"held-out {metric}: mean ± 95 % (lower is better)")
     fig.update_yaxes(categoryorder="array", categoryarray=[r["name"] for r in scored])
     return _layout(fig, f"Leaderboard on held-out noise ({metric})", height=120 + 28 * max(1, len(scored)))
 

@@ -132,7 +132,10 @@ class TuneJob:
                 self._close()
             self.save()
             return
-        self.match = self.match_fn(self.tuner, self.result) if self.match_fn is not None else None
+        try:                                          # the result stands even if this extra scoring fails
+            self.match = self.match_fn(self.tuner, self.result) if self.match_fn is not None else None
+        except ScheduleLabError as e:
+            self.match = {"error": str(e)}
         self.done_units = self.total_units
         self.status, self.message = "done", self.result.reason
         self.save()

@@ -262,7 +262,7 @@ def samples(job: TuneJob, n: int) -> dict:
 def winner_schedule(res, spec: dict, tm: TuneModel):
     """The winner with its provenance: model, solver, steps, guidance, seeds, metric (in params)."""
     guidance = {"label": spec["label"], "cfg": float(spec["cfg"])} if spec["label"] != "none" else {}
-    if spec["source"] == "toy" and "|" in spec["kind"]:
+    if spec["source"] == "toy" and spec["kind"].startswith("exact|"):
         _, lab, w = spec["kind"].split("|")
         guidance = {"label": lab, "cfg": float(w)}
     return res.schedule.with_name(res.schedule.name, model=tm.name, **guidance,

@@ -205,7 +205,8 @@ df = pd.DataFrame(rows)
 st.dataframe(df.style.apply(lambda r: ["background-color: #d9f2d9" if "winner" in r["role"] else
                                        "background-color: #ffe9cc" if r["role"] == "best heuristic" else ""
                                        for _ in r], axis=1)
-             .format({c: "{:.4g}" for c in df.columns if df[c].dtype.kind == "f" and c != "optimize s"}, na_rep="–"),
+             .format({c: "{:.2f}" if c == "optimize s" else "{:.4g}" for c in df.columns if df[c].dtype.kind == "f"},
+                     na_rep="–"),
              hide_index=True, key="tp_table")
 st.caption(f"Held-out {res.metric}: mean over {len(res.seeds['heldout'])} noise batches ± the 95 % Student-t "
            f"half-width; 'vs {res.best_heuristic}' is the paired difference on the same noise (negative is better). "
@@ -218,7 +219,7 @@ c[1].plotly_chart(tune_plots.levels_fig(tv.candidate_sigmas(res), res.winner, re
 st.subheader("Steps to match")
 mt = job.match
 if mt is None or mt.get("winner_value", {}).get("mean") is None or mt.get("heuristic_value", {}).get("mean") is None:
-    st.caption("Not available for this run (a value diverged).")
+    st.caption("Not available for this run: " + ((mt or {}).get("error") or "a held-out value diverged") + ".")
 else:
     fmt = lambda v: f"{v['mean']:.4g}" + ("" if v["ci"] is None else f" ± {v['ci']:.2g}")   # noqa: E731
     m = st.columns(3)

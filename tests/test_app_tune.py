@@ -151,3 +151,45 @@ def test_bad_model_paths_get_messages_for_the_app(tmp_path):
     at.text_input(key="tp_path").set_value(f"{net}:Net").run()
     at.text_input(key="tp_weights").set_value(str(tmp_path / "w.safetensors")).run()
     assert "weights file" in at.error[0].value and "does not exist" in at.error[0].value
+
+
+def test_an_image_model_from_a_folder_tunes_and_shows_image_grids(monkeypatch, tmp_path):
+    """The folder source on the stand-in registry (tests/fake_engine: an exact Gaussian 1x8x8 image
+    model, metric 'ref'): the side-by-side panels are image grids of samples from one noise."""
+    import sys
+
+    import fake_engine
+    fake_engine.install(monkeypatch, "core.models.registry")
+    monkeypatch.setattr(sys.modules["core.models.registry"], "model_entry", lambda name: None, raising=False)
+    (tmp_path / "gauss8").mkdir()
+    at = open_page("tune", toy="gaussian", tp_source="folder", tp_path=str(tmp_path / "gauss8"), tp_steps=4,
+                   tp_methods_image=["nonuniform"], tp_n_image=64, tp_batches_image=2)
+    at.button(key="tp_start").click().run()
+    _run_to_end(at, at.session_state["tune_job"])
+    res = at.session_state["tp_result"]
+    assert res["metric"] == "ref" and set(_rows(at)) >= {"karras", "loglinear", "nonuniform"}
+    sm = at.session_state["tp_samples"]
+    assert tuple(sm["winner"].shape) == (16, 1, 8, 8) == tuple(sm["heuristic"].shape)
+    z = initial_noise(fake_engine.GaussianImages(), 16, 80.0, sm["seed"]).double()
+    torch.testing.assert_close(sm["noise"], z)
+    # D(x, s) = c^2 / (c^2 + s^2) x is linear: each sample is a multiple of the noise it started from
+    for k in ("winner", "heuristic"):
+        assert float(torch.nn.functional.cosine_similarity(sm[k].flatten(1), z.flatten(1)).min()) > 0.9999
+    fig = figures(at)["tp_fig_winner"]
+    assert fig["data"][0]["type"] == "heatmap" and "tp_fig_levels" in figures(at)
+
+
+def test_flow_models_export_flow_t_that_reads_back():
+    from core.models.registry import load_model
+    flow = load_model("digits-flow")
+    assert tune_view.is_flow(flow) and not tune_view.is_flow(MixtureDenoiser(get_toy("gaussian")))
+    from core.models.guidance import guided
+    assert tune_view.is_flow(guided(flow, 3, 2.0))
+    s = make_schedule("loglinear", 6, flow.sigma_min, flow.sigma_max).with_name("gits", heldout_seeds=[1, 2])
+    texts, problems = tune_view.exports(s, "digits-flow", flow=True)
+    assert set(texts) >= {"flow_diffusers", "flow_comfyui", "comfyui", "json"}
+    assert list(problems) == ["diffusers_timesteps"]        # sigma 999 and 63 share SD 1.5's timestep 999: said so
+    back = parse(texts["flow_comfyui"], convention="flow")
+    np.testing.assert_allclose(back.sigmas, s.sigmas, rtol=1e-8)
+    texts, _ = tune_view.exports(s, "a toy", flow=False)
+    assert "flow_comfyui" not in texts

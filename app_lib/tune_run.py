@@ -9,9 +9,11 @@ per session to arbitrate with the Optimizer's). The cost: the run advances only 
 page is open (it pauses on other pages and continues on return), and a widget change waits for
 the unit in flight (seconds on toys, up to a minute or two for an optimizer on digits).
 
-Files (app_lib.store.home()): tune_state.json, the Tuner's own state (what Resume loads; the
-Tuner refuses a state made with other settings), and tune_run.json, this run's record: the page's
-settings (spec), status, message, the last unit messages and the "steps to match" result.
+Files (app_lib.store.home()): tune_state_RUNID.json, the Tuner's own state (what Resume loads; the
+Tuner refuses a state made with other settings; one file per run, so two tabs never write one
+file), and tune_run.json, the last started run's record: its id, the page's settings (spec),
+status, message, the last unit messages and the "steps to match" result. Start removes the state
+file of the run recorded before it.
 No Streamlit here.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Callable
 from app_lib import store
 from core.errors import ScheduleLabError
 
-STATE_FILE, RUN_FILE = "tune_state.json", "tune_run.json"
+RUN_FILE = "tune_run.json"
 RUN_FORMAT = "schedule-lab/app-tune/1"
 STATUSES = ("running", "stopped", "done", "failed")
 MAX_LOG = 200
@@ -57,7 +59,7 @@ class TuneJob:
 
     @property
     def state_path(self) -> Path:
-        return self.home / STATE_FILE
+        return self.home / f"tune_state_{self.run_id[:16]}.json"
 
     @property
     def active(self) -> bool:
@@ -65,7 +67,10 @@ class TuneJob:
 
     # ---- control -------------------------------------------------------------------------------
     def start(self) -> "TuneJob":
-        """A fresh run (an old state file is replaced)."""
+        """A fresh run (the state file of the run recorded before it is removed)."""
+        old = TuneJob.restore(self.home)
+        if old is not None and old.run_id != self.run_id:
+            old.state_path.unlink(missing_ok=True)
         self.state_path.unlink(missing_ok=True)
         self.log, self.result, self.match = [], None, None
         self._open("started")
@@ -178,12 +183,16 @@ class TuneJob:
             return None
         try:
             d = store.read_json(p, f"tune run file {str(p)!r}", store.MAX_RUN_BYTES)
-            if d.get("format") != RUN_FORMAT or d.get("status") not in STATUSES or not isinstance(d.get("spec"), dict):
+            rid = d.get("run_id")               # it names the state file: letters and digits only
+            if (d.get("format") != RUN_FORMAT or d.get("status") not in STATUSES or not _valid_spec(d.get("spec"))
+                    or not (isinstance(rid, str) and rid.isalnum())
+                    or not all(isinstance(d.get(k, 0), int) for k in ("done_units", "total_units"))
+                    or not isinstance(d.get("log", []), list)):
                 raise ScheduleLabError("not a tune run record")
         except ScheduleLabError:
             p.replace(p.with_name(p.name + ".bad"))
             return None
-        job = cls(d["spec"], home=home, run_id=str(d.get("run_id") or ""))
+        job = cls(d["spec"], home=home, run_id=d["run_id"])
         job.status, job.message = d["status"], str(d.get("message") or "")
         job.log = [str(m) for m in d.get("log") or []][-MAX_LOG:]
         job.done_units, job.total_units = int(d.get("done_units") or 0), int(d.get("total_units") or 0)
@@ -195,3 +204,15 @@ class TuneJob:
         if job.status == "stopped" and not job.state_path.is_file():
             job.status, job.message = "failed", "the run's state file is gone; press Start for a new run"
         return job
+
+
+SPEC_TYPES = {"source": str, "toy": str, "kind": str, "path": str, "weights": str, "params": str, "label": str,
+              "cfg": (int, float), "device": str, "solver": str, "steps": int, "methods": list,
+              "budget_s": (int, float, type(None)), "n": int, "batches": int, "seed": int}
+
+
+def _valid_spec(spec) -> bool:
+    """A saved run's settings have the page's fields with the page's types (they go back into widgets)."""
+    return (isinstance(spec, dict) and all(isinstance(spec.get(k), t) and not isinstance(spec.get(k), bool)
+                                           for k, t in SPEC_TYPES.items())
+            and all(isinstance(m, str) for m in spec["methods"]))

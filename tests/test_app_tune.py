@@ -193,3 +193,11 @@ def test_flow_models_export_flow_t_that_reads_back():
     np.testing.assert_allclose(back.sigmas, s.sigmas, rtol=1e-8)
     texts, _ = tune_view.exports(s, "a toy", flow=False)
     assert "flow_comfyui" not in texts
+
+
+def test_a_corrupt_run_record_is_moved_aside(app_home):
+    app_home.mkdir(parents=True, exist_ok=True)
+    (app_home / "tune_run.json").write_text('{"format": "schedule-lab/app-tune/1", "run_id": "../x", "status": "done"}')
+    at = open_page("tune", toy="gaussian")
+    assert at.session_state["tune_job"] is None and "press Start" in at.info[0].value
+    assert (app_home / "tune_run.json.bad").is_file() and not (app_home / "tune_run.json").exists()

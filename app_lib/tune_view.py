@@ -28,6 +28,9 @@ IMAGE_SOURCES = ("digits", "digits-flow", "folder", "module")
 # 250 x 4; the page's image default keeps GITS + OSS + heuristics on digits within ~3 min on 2 cores)
 EVAL_DEFAULTS = {"toy": {"n": 2048, "batches": 5}, "image": {"n": 100, "batches": 3}}
 DEFAULT_METHODS = {"toy": ["nonuniform", "score_optimal", "gits", "oss", "ays"], "image": ["gits", "oss"]}
+# image models: smaller trajectory optimizers than the engine's defaults (GITS 256 teacher samples; OSS 64
+# samples x 200 teacher steps, which alone took > 240 s of one core on digits at 10 steps, unfinished)
+IMAGE_METHOD_OPTIONS = {"gits": {"n_samples": 128}, "oss": {"n_samples": 32, "teacher_steps": 100}}
 SLICE_S = 1.0                     # the fragment runs units for about this long per rerun
 # CLI words in engine messages -> the page's fields (issue 15: messages written for the app)
 APP_WORDS = (("--weights", "the Weights file field"), ("--param", "the Parameters field"),
@@ -70,8 +73,14 @@ def is_flow(model) -> bool:
     return False
 
 
-def model_spec_problem(ms: dict) -> str | None:
-    """Why the page's model fields cannot load anything yet (checked before the engine is asked)."""
+def model_spec_problem(ms: dict) -> tuple | None:
+    """("info" | "error", why) when the page's model fields cannot load anything yet (checked before
+    the engine is asked): "info" for a field still empty, "error" for a path that is wrong."""
+    why = _problem(ms)
+    return None if why is None else ("info" if why.startswith("Enter ") else "error", why)
+
+
+def _problem(ms: dict) -> str | None:
     src = ms["source"]
     if src == "folder":
         p = Path(os.path.expanduser(ms["path"].strip()))
@@ -174,7 +183,8 @@ def make_tuner(spec: dict, tm: TuneModel, state_path):
         return Tuner(tm.model, spec["solver"], int(spec["steps"]), methods=list(spec["methods"]) or ["heuristics"],
                      budget_s=spec["budget_s"] or None, seed=int(spec["seed"]), data=tm.data, state_path=state_path,
                      spec=tm.spec, n=int(spec["n"]), batches=int(spec["batches"]), sigma_min=tm.sigma_min,
-                     sigma_max=tm.sigma_max, refs=_refs(tm.name))
+                     sigma_max=tm.sigma_max, refs=_refs(tm.name),
+                     method_options=None if tm.toy else IMAGE_METHOD_OPTIONS)
     except ScheduleLabError as e:
         raise ScheduleLabError(app_message(e)) from None
 

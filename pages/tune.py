@@ -75,7 +75,7 @@ ms = {"source": src, "toy": cfg["toy"], "kind": cfg["model_kind"], "path": ss.tp
       "label": "none", "cfg": 1.0, "device": cfg["device"]}
 problem = tv.model_spec_problem(ms)
 if problem:
-    (st.info if "Enter" in problem[:6] else st.error)(problem)
+    (st.info if problem[0] == "info" else st.error)(problem[1])
     st.stop()
 try:
     n_cls = tv.num_classes(ms)

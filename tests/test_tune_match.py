@@ -83,3 +83,26 @@ def test_paired_samples_start_from_one_noise():
     for key in ("winner", "heuristic"):
         x = generate(model.double(), Schedule(tuple(sm["sigmas"][key])), 64, "euler", noise=z, seed=sm["seed"]).x
         np.testing.assert_allclose(sm[key].numpy(), x.numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_method_options_reach_the_optimizer_and_are_part_of_the_settings(tmp_path):
+    """Tuner(method_options=...) hands keywords to GITS / OSS / LD3 (the Tune page's smaller image
+    defaults), records them in the state's config, and a resume with other options is refused."""
+    model = MixtureDenoiser(get_toy("ring8"))
+    state = tmp_path / "t.json"
+    opts = {"oss": {"teacher_steps": 12, "n_samples": 8}}
+    t = Tuner(model, "dpmpp_2m", 3, methods=["oss"], method_options=opts, state_path=state, **SMALL)
+    res = _done(t)
+    oss = next(r for r in res.table if r["name"] == "oss")
+    assert oss["status"] == "ok"
+    got = Tuner(model, "dpmpp_2m", 3, methods=["oss"], method_options=opts, state_path=state, **SMALL)
+    assert got.state["candidates"]["oss"]["params"]["teacher_steps"] == 12
+    assert got.state["candidates"]["oss"]["params"]["n_samples"] == 8
+    with pytest.raises(ScheduleLabError, match="method_options"):
+        Tuner(model, "dpmpp_2m", 3, methods=["oss"], method_options={"oss": {"teacher_steps": 13}},
+              state_path=state, **SMALL)
+    with pytest.raises(ScheduleLabError, match="only gits, oss, ld3"):
+        Tuner(model, "dpmpp_2m", 3, method_options={"ays": {"n": 1}}, **SMALL)
+    bad = _done(Tuner(model, "dpmpp_2m", 3, methods=["oss"], method_options={"oss": {"nonsense": 1}}, **SMALL))
+    row = next(r for r in bad.table if r["name"] == "oss")
+    assert row["status"] == "failed" and "nonsense" in row["reason"]

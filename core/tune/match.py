@@ -86,4 +86,5 @@ def paired_samples(tuner, result=None, n: int = 16, seed: int | None = None) -> 
         for key, s in (("winner", win), ("heuristic", heur)):
             out[key] = generate(model, s, int(n), tuner.solver, seed=seed, noise=z.clone()).x.double().cpu()
     return {"seed": seed, "noise": z.double().cpu(), **out, "winner_name": res.winner,
-            "heuristic_name": res.best_heuristic, "sigmas": {"winner": list(win.sigmas), "heuristic": list(heur.sigmas)}}
+            "heuristic_name": res.best_heuristic,
+            "sigmas": {"winner": list(win.sigmas), "heuristic": list(heur.sigmas)}}

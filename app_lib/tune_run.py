@@ -14,11 +14,16 @@ Tuner refuses a state made with other settings; one file per run, so two tabs ne
 file), and tune_run.json, the last started run's record: its id, the page's settings (spec),
 status, message, the last unit messages and the "steps to match" result. Start removes the state
 file of the run recorded before it.
+Threads: Streamlit may run a button's callback (Stop) while an earlier script run's fragment is
+still inside a unit (the old run is only interrupted at its next Streamlit call), so the job is
+advanced under a lock that no second caller waits for, and Stop only asks: the thread that holds
+the lock stops after its unit ("stopping"), or Stop stops at once when no unit is in flight.
 No Streamlit here.
 """
 from __future__ import annotations
 
 import json
+import threading
 import time
 import traceback
 import uuid
@@ -30,7 +35,8 @@ from core.errors import ScheduleLabError
 
 RUN_FILE = "tune_run.json"
 RUN_FORMAT = "schedule-lab/app-tune/1"
-STATUSES = ("running", "stopped", "done", "failed")
+STATUSES = ("running", "stopping", "stopped", "done", "failed")
+ACTIVE = ("running", "stopping")
 MAX_LOG = 200
 
 
@@ -55,7 +61,7 @@ class TuneJob:
         self.status, self.message, self.log = "stopped", "", []
         self.done_units, self.total_units = 0, 0
         self.tuner, self.result, self.match = None, None, None
-        self._gen = None
+        self._gen, self._lock, self._stop = None, threading.Lock(), threading.Event()
 
     @property
     def state_path(self) -> Path:
@@ -63,7 +69,7 @@ class TuneJob:
 
     @property
     def active(self) -> bool:
-        return self.status == "running"
+        return self.status in ACTIVE
 
     # ---- control -------------------------------------------------------------------------------
     def start(self) -> "TuneJob":
@@ -77,12 +83,24 @@ class TuneJob:
         return self
 
     def stop(self) -> None:
-        """Stop after the unit in flight (the state on disk is complete up to it)."""
+        """Stop after the unit in flight (the state on disk is complete up to it): at once when no
+        unit is running, else "stopping" until the thread running it has finished it."""
         if self.status != "running":
             return
-        self._close()
-        self.status, self.message = "stopped", f"stopped after {self.done_units} of {self.total_units} units"
-        self.save()
+        self._stop.set()
+        if self._lock.acquire(blocking=False):
+            try:
+                self._finish_stop()
+            finally:
+                self._lock.release()
+        else:
+            self.status, self.message = "stopping", "stopping after the unit in flight"
+
+    def _finish_stop(self) -> None:
+        if self.status in ACTIVE:
+            self._close()
+            self.status, self.message = "stopped", f"stopped after {self.done_units} of {self.total_units} units"
+            self.save()
 
     def resume(self) -> None:
         if self.status != "stopped":
@@ -98,6 +116,7 @@ class TuneJob:
         self.total_units = len(self.tuner.units()) + 1          # + steps to match
         self.done_units = self._units_done()
         self._gen = self.tuner.events()
+        self._stop.clear()
         self.status, self.message = "running", message
         self.save()
 
@@ -112,18 +131,26 @@ class TuneJob:
 
     # ---- the work (called from the page's fragment) --------------------------------------------
     def advance(self, slice_s: float = 1.0) -> None:
-        """Run units until `slice_s` seconds have passed (at least one), then return."""
+        """Run units until `slice_s` seconds have passed (at least one), then return; returns at
+        once when another thread is running a unit of this job."""
+        if not self._lock.acquire(blocking=False):
+            return
         t0 = time.perf_counter()
         try:
-            while self.status == "running":
+            while self.status in ACTIVE:
+                if self._stop.is_set():
+                    self._finish_stop()
+                    break
                 self._step()
-                if time.perf_counter() - t0 >= slice_s:
+                if time.perf_counter() - t0 >= slice_s and not self._stop.is_set():
                     break
         except ScheduleLabError as e:
             self._fail(str(e))
         except Exception as e:                       # noqa: BLE001 - shown to the user with its type
             traceback.print_exc()
             self._fail(f"{type(e).__name__}: {e}")
+        finally:
+            self._lock.release()
 
     def _step(self) -> None:
         if self.result is None:
@@ -197,7 +224,7 @@ class TuneJob:
         job.log = [str(m) for m in d.get("log") or []][-MAX_LOG:]
         job.done_units, job.total_units = int(d.get("done_units") or 0), int(d.get("total_units") or 0)
         job.match = d.get("match") if isinstance(d.get("match"), dict) else None
-        if job.status == "running":
+        if job.status in ACTIVE:
             job.status = "stopped"
             job.message = (f"interrupted after {job.done_units} of {job.total_units} units (the page was reloaded "
                            "or the app restarted); Resume continues from there")

@@ -149,7 +149,8 @@ job = tv.current_job()
 active = job is not None and job.active
 b = st.columns([1, 1, 1, 4])
 b[0].button("Start", key="tp_start", on_click=_start, disabled=active, type="primary")
-b[1].button("Stop", key="tp_stop", on_click=_stop, disabled=not active, help="stops after the unit in flight")
+b[1].button("Stop", key="tp_stop", on_click=_stop, disabled=job is None or job.status != "running",
+            help="stops after the unit in flight")
 b[2].button("Resume", key="tp_resume", on_click=_resume, disabled=job is None or job.status != "stopped")
 if ss.get(MSG):
     st.error(ss.pop(MSG))

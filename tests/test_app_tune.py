@@ -201,3 +201,41 @@ def test_a_corrupt_run_record_is_moved_aside(app_home):
     at = open_page("tune", toy="gaussian")
     assert at.session_state["tune_job"] is None and "press Start" in at.info[0].value
     assert (app_home / "tune_run.json.bad").is_file() and not (app_home / "tune_run.json").exists()
+
+
+def test_stop_while_another_thread_runs_a_unit(tmp_path):
+    """Streamlit may run Stop's callback while an older script run's fragment is inside a unit: the
+    job is then "stopping" and the unit's own thread stops it after the unit (no generator re-entry)."""
+    import threading
+
+    from app_lib.tune_run import TuneJob
+    from core.tune import Tuner
+    from core.tune.methods import HEURISTICS
+    inside, go = threading.Event(), threading.Event()
+
+    def slow(ctx, seed, deadline):
+        inside.set()
+        assert go.wait(30)
+        return make_schedule("loglinear", ctx.steps, ctx.sigma_min, ctx.sigma_max).with_name("slow")
+    table = {m.name: m for m in HEURISTICS[:2]} | {"slow": Method("slow", "optimizer", slow)}
+    model = MixtureDenoiser(get_toy("ring8"))
+    job = TuneJob({}, lambda path: Tuner(model, "euler", 3, table=table, n=64, batches=2, ref_steps=20,
+                                         state_path=path), home=tmp_path).start()
+    job.advance(0.0)
+    job.advance(0.0)
+    assert job.done_units == 2
+    worker = threading.Thread(target=job.advance, args=(10.0,))
+    worker.start()
+    assert inside.wait(30)                         # the worker is inside "optimize:slow"
+    job.stop()
+    assert job.status == "stopping" and job.active
+    job.advance(0.0)                               # a second caller does not wait and does not step
+    go.set()
+    worker.join(30)
+    assert job.status == "stopped" and job.done_units == 3 and job._gen is None
+    assert "slow" in Tuner(model, "euler", 3, table=table, n=64, batches=2, ref_steps=20,
+                           state_path=job.state_path).state["candidates"]
+    job.resume()
+    while job.active:
+        job.advance(0.0)
+    assert job.status == "done" and job.result.winner in ("slow", job.result.best_heuristic)

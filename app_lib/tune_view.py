@@ -28,9 +28,10 @@ IMAGE_SOURCES = ("digits", "digits-flow", "folder", "module")
 # 250 x 4; the page's image default keeps GITS + OSS + heuristics on digits within ~3 min on 2 cores)
 EVAL_DEFAULTS = {"toy": {"n": 2048, "batches": 5}, "image": {"n": 100, "batches": 3}}
 DEFAULT_METHODS = {"toy": ["nonuniform", "score_optimal", "gits", "oss", "ays"], "image": ["gits", "oss"]}
-# image models: smaller trajectory optimizers than the engine's defaults (GITS 256 teacher samples; OSS 64
-# samples x 200 teacher steps, which alone took > 240 s of one core on digits at 10 steps, unfinished)
-IMAGE_METHOD_OPTIONS = {"gits": {"n_samples": 128}, "oss": {"n_samples": 32, "teacher_steps": 100}}
+# image models: smaller trajectory optimizers than the engine's defaults, measured on digits at 10 steps
+# (one core of the shared machine): OSS at 64 samples x 200 teacher steps > 240 s CPU (stopped there),
+# at 32 x 100 ~ 92 s; here 32 x 60 (the grid size of GITS's default); GITS 128 teacher samples, ~14 s
+IMAGE_METHOD_OPTIONS = {"gits": {"n_samples": 128}, "oss": {"n_samples": 32, "teacher_steps": 60}}
 SLICE_S = 1.0                     # the fragment runs units for about this long per rerun
 # CLI words in engine messages -> the page's fields (issue 15: messages written for the app)
 APP_WORDS = (("--weights", "the Weights file field"), ("--param", "the Parameters field"),

@@ -306,7 +306,7 @@ def test_tune_runs_a_small_tune_to_the_end(server, browser, tmp_path):
     box.press("Enter")
     _settle(page)
     page.get_by_text("Held-out evaluation").click()
-    select = page.locator(".st-key-tp_n_toy [data-baseweb='select']").first
+    select = page.locator(".st-key-tp_n_toy").first
     option = page.get_by_role("option", name="64", exact=True)
     for _ in range(3):                   # the expander may still be opening when the first click lands
         select.click()

@@ -14,6 +14,7 @@ PAGES = [
     st.Page("pages/playground.py", title="Playground", icon=":material/scatter_plot:", default=True),
     st.Page("pages/error_curves.py", title="Error curves", icon=":material/ssid_chart:"),
     st.Page("pages/optimizer.py", title="Optimizer", icon=":material/tune:"),
+    st.Page("pages/tune.py", title="Tune", icon=":material/emoji_events:"),
     st.Page("pages/images.py", title="Images", icon=":material/image:"),
     st.Page("pages/schedules.py", title="Schedules", icon=":material/list:"),
 ]

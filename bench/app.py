@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-PAGES = ("playground", "error_curves", "optimizer", "images", "schedules")
+PAGES = ("playground", "error_curves", "optimizer", "tune", "images", "schedules")
 TARGET_S = 2.0
 
 

@@ -22,8 +22,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-PAGES = {"": "Playground", "error_curves": "Error curves", "optimizer": "Optimizer", "images": "Images",
-         "schedules": "Schedules"}
+PAGES = {"": "Playground", "error_curves": "Error curves", "optimizer": "Optimizer", "tune": "Tune",
+         "images": "Images", "schedules": "Schedules"}
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
@@ -324,4 +324,44 @@ def test_schedule_editor_point_pick_and_nudge(server, browser, tmp_path):
                            arg=before, timeout=60_000)
     _no_errors(page, "schedule editor after a nudge")
     page.screenshot(path=str(tmp_path / "schedule_editor.png"), full_page=True)
+    page.close()
+
+
+def test_tune_runs_a_small_tune_to_the_end(server, browser, tmp_path):
+    """The Tune page on the sidebar's toy (grid8x8, exact) with tiny settings: 4 steps, DM-NonUniform
+    only, 64 samples x 5 batches; Start runs it to the end (the fragment advances it), the leaderboard
+    and the exports appear, no error block."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server, timeout=120_000)
+    page.get_by_role("heading", name="Playground").first.wait_for(timeout=120_000)
+    _settle(page)
+    _goto_page(page, "Tune")
+    for name in ("score_optimal", "gits", "oss", "ays"):
+        page.locator(f'.st-key-tp_methods_toy button[aria-label="Remove {name}"]').first.click()
+        _settle(page)
+    box = page.locator(".st-key-tp_steps input")
+    box.fill("4")
+    box.press("Enter")
+    _settle(page)
+    page.get_by_text("Held-out evaluation").click()
+    select = page.locator(".st-key-tp_n_toy").first
+    option = page.get_by_role("option", name="64", exact=True)
+    for _ in range(3):                   # the expander may still be opening when the first click lands
+        select.click()
+        try:
+            option.wait_for(timeout=5_000)
+            break
+        except Exception:                # noqa: BLE001 - playwright's TimeoutError
+            page.wait_for_timeout(500)
+    option.click()
+    _settle(page)
+    page.locator(".st-key-tp_start button").first.click()
+    page.wait_for_function("() => /done/.test((document.querySelector('.st-key-tp_status') || {}).innerText || '')",
+                           timeout=120_000)
+    page.get_by_text("Export the winner").wait_for(timeout=60_000)
+    _settle(page)
+    assert "of 12 units" in page.locator(".st-key-tp_status").inner_text()
+    assert page.locator(".st-key-tp_fig_board .js-plotly-plot").count() == 1
+    _no_errors(page, "tune after a run")
+    page.screenshot(path=str(tmp_path / "tune_done.png"), full_page=True)
     page.close()

@@ -50,6 +50,7 @@ class TuneContext:
     digits: bool = False
     spec: str | None = None                    # the --model string, when there is one (shipped schedules)
     opt_seeds: list = field(default_factory=list)   # every optimization seed handed out (recorded)
+    options: dict = field(default_factory=dict)     # {method: {keyword: value}} for the lazy optimizers' calls
 
     def opt_seed(self, base: int, k: int = 0) -> int:
         s = int(base) + k
@@ -214,12 +215,19 @@ def _lazy(module: str, fn: str):
 
     def run(ctx, seed, deadline):
         f = getattr(importlib.import_module(f"core.optimizers.{module}"), fn)
-        s = f(ctx.model, ctx.steps, ctx.solver, sigma_min=ctx.sigma_min, sigma_max=ctx.sigma_max,
-              seed=ctx.opt_seed(seed), progress=deadline.check)
+        opts = ctx.options.get(module, {})
+        try:
+            s = f(ctx.model, ctx.steps, ctx.solver, sigma_min=ctx.sigma_min, sigma_max=ctx.sigma_max,
+                  seed=ctx.opt_seed(seed), progress=deadline.check, **opts)
+        except TypeError as e:
+            if not opts:
+                raise
+            raise ScheduleLabError(f"{module}: options {opts} do not fit core.optimizers.{module}.{fn} ({e})") from None
         return s.with_name(module)
     return run, applies
 
 
+OPTIONED = ("gits", "oss", "ld3")                   # methods that take TuneContext.options (Tuner method_options)
 _GITS, _GITS_APPLIES = _lazy("gits", "optimize_gits")
 _OSS, _OSS_APPLIES = _lazy("oss", "optimize_oss")
 _LD3, _LD3_APPLIES = _lazy("ld3", "optimize_ld3")

@@ -29,7 +29,7 @@ from core.errors import ScheduleLabError
 from core.readers import strict_json
 from core.schedules import Schedule
 from core.solvers import get_solver
-from core.tune.methods import Deadline, OverBudget, TuneContext, default_table, select
+from core.tune.methods import OPTIONED, Deadline, OverBudget, TuneContext, default_table, select
 from core.tune.scoring import HeldoutScorer, decide, interval, paired
 
 STATE_FORMAT = "schedule-lab/tune-state/1"
@@ -105,6 +105,8 @@ class Tuner:
         require_significant: an optimizer wins only when the paired 95 % interval is below 0.
         table: {name: Method} (default core.tune.methods.default_table()); cache, refs: dicts shared
             between Tuners to reuse schedules and reference solutions (bench).
+        method_options: {method: {keyword: value}} passed to the GITS / OSS / LD3 calls, e.g.
+            {"oss": {"teacher_steps": 100, "n_samples": 32}} (recorded in the state's config).
     """
 
     def __init__(self, model, solver: str = "dpmpp_2m", steps: int = 10, methods=("all",), budget_s=None,
@@ -112,7 +114,7 @@ class Tuner:
                  spec: str | None = None, n: int | None = None, batches: int | None = None,
                  ref_steps: int | None = None, require_significant: bool = True, table: dict | None = None,
                  sigma_min: float | None = None, sigma_max: float | None = None, cache: dict | None = None,
-                 refs: dict | None = None):
+                 refs: dict | None = None, method_options: dict | None = None):
         spec_s = get_solver(solver)
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
             raise ScheduleLabError(f"tune needs an integer steps >= 2; got {steps!r}")
@@ -151,7 +153,12 @@ class Tuner:
         self.require_significant = bool(require_significant)
         smin = float(sigma_min if sigma_min is not None else getattr(model, "sigma_min", 0.002))
         smax = float(sigma_max if sigma_max is not None else getattr(model, "sigma_max", 80.0))
-        self.ctx = TuneContext(model, self.solver, steps, smin, smax, data, toy, digits, spec)
+        self.method_options = {str(k): dict(v) for k, v in (method_options or {}).items()}
+        bad = [k for k in self.method_options if k not in OPTIONED]
+        if bad:
+            raise ScheduleLabError(f"method_options for {bad[0]!r}: only {', '.join(OPTIONED)} take options")
+        self.ctx = TuneContext(model, self.solver, steps, smin, smax, data, toy, digits, spec,
+                               options=self.method_options)
         self.table = table if table is not None else default_table()
         self.names = select(self.table, methods)
         self.scorer = HeldoutScorer(model, self.solver, [self.metric] + secondary, self.heldout_seeds, self.n,
@@ -182,7 +189,7 @@ class Tuner:
                 "sigma_min": self.ctx.sigma_min, "sigma_max": self.ctx.sigma_max, "methods": self.names,
                 "seed": self.seed, "heldout_seeds": self.heldout_seeds, "n": self.n, "ref_steps": self.ref_steps,
                 "metric": self.metric, "guard": self.guard, "require_significant": self.require_significant,
-                "budget_s": self.budget_s}
+                "budget_s": self.budget_s, **({"method_options": self.method_options} if self.method_options else {})}
 
     def _fresh(self) -> dict:
         return {"format": STATE_FORMAT, "config": self.config(), "candidates": {}, "scores": {},
@@ -262,7 +269,8 @@ class Tuner:
         key = None
         if self.cache is not None:
             key = (name, self.config()["model"], self.steps, self.ctx.sigma_min, self.ctx.sigma_max, self.seed,
-                   self.solver if m.solver_dependent else None)
+                   self.solver if m.solver_dependent else None,
+                   json.dumps(self.method_options.get(name), sort_keys=True))
             if key in self.cache:
                 return dict(self.cache[key])
         t0 = time.perf_counter()

@@ -47,7 +47,7 @@ def _model_changed():
         ss.pop(k, None)
 
 
-top = st.columns([3, 3, 1, 1, 1])
+top = st.columns([3, 3, 2])
 top[0].selectbox("Model", names + [FOLDER], key="im_model", on_change=_model_changed)
 if ss.im_model == FOLDER:
     top[0].text_input("Folder path", key="im_path", placeholder="/path/to/diffusers/model",
@@ -56,8 +56,9 @@ top[1].selectbox("Solver", det_solvers, key="im_solver",
                  help="deterministic solvers only: the reference is an ODE solution from the same noise")
 solver_msgs = top[1].container()
 top[2].number_input("NFE", 1, 200, step=1, key="im_nfe")
-top[3].selectbox("Images", [4, 8, 16, 32], key="im_n")
-top[4].number_input("Reference steps", 20, 1000, step=10, key="im_ref_steps",
+sub = st.columns(4)
+sub[0].selectbox("Images", [4, 8, 16, 32], key="im_n")
+sub[1].number_input("Reference steps", 20, 1000, step=10, key="im_ref_steps",
                     help="Heun steps of the reference; 40 is 0.002 (digits) / 0.005 (digits-flow) RMS from a "
                          "200-step one, far below any schedule's error at NFE <= 16; raise it for NFE >= 32")
 
@@ -76,7 +77,7 @@ except ScheduleLabError as e:
     top[0].error(str(e))
     st.stop()
 if n_classes:
-    g = st.columns([2, 2, 4])
+    g = sub[2:]
     labels = ["none", "all"] + [str(c) for c in range(n_classes)]
     if ss.im_label not in labels:
         ss.im_label = "none"

@@ -236,11 +236,19 @@ def test_warnings_for_another_model_or_solver_sit_next_to_their_control(fake):
     w = at.session_state["im_warnings"]
     assert "'sd15'" in w["library: ays_sd15 (10 steps)"]["model"] and w["library: ays_sd15 (10 steps)"]["solver"] is None
     assert "dpmpp_3m_lagrange" in w["DM-NonUniform"]["solver"] and w["DM-NonUniform"]["model"] is None
-    top, pick = at.main.columns[:5], at.main.columns[5:7]
-    assert any("dpmpp_3m_lagrange" in x.value for x in top[1].warning)          # beside the solver
-    assert any("'sd15'" in x.value for x in pick[0].warning)                     # beside the heuristics picker
+    assert any("dpmpp_3m_lagrange" in x.value for x in _column_of(at, "im_solver").warning)        # beside the solver
+    assert any("'sd15'" in x.value for x in _column_of(at, "im_scheds").warning)         # beside its picker
+    assert not _column_of(at, "im_opt").warning
     at.selectbox(key="im_solver").set_value("dpmpp_3m_lagrange").run()
     assert at.session_state["im_warnings"]["DM-NonUniform"]["solver"] is None
+
+
+def _column_of(at, key):
+    """The page column that holds the widget `key` (where its messages belong)."""
+    hits = [c for c in at.main.columns if any(getattr(w, "key", None) == key for w in c.get(
+        "selectbox") + c.get("multiselect") + c.get("text_input"))]
+    assert len(hits) == 1, key
+    return hits[0]
 
 
 def test_bad_folder_path_gets_a_message_for_the_app(tmp_path):
@@ -255,7 +263,7 @@ def test_bad_folder_path_gets_a_message_for_the_app(tmp_path):
         at.run()
         at.switch_page("pages/images.py").run()
         assert not at.exception
-        msg = at.main.columns[0].error[0].value
+        msg = _column_of(at, "im_path").error[0].value
         assert words in msg and "--" not in msg
 
 

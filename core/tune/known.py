@@ -60,7 +60,7 @@ def _tune_entry(path: Path, names: set) -> tuple:
             return None, None                                   # a plain schedule file: not a tune result
         win = Schedule.from_dict(d)
     except ScheduleLabError as e:
-        return None, str(e)
+        return None, str(e) if str(path) in str(e) else f"tune file {str(path)!r}: {e}"
     made = win.params.get("model")
     if made is None or base_model_name(made) not in names:
         return None, None
@@ -84,11 +84,20 @@ def _tune_entry(path: Path, names: set) -> tuple:
                f"did not beat the best heuristic {t.get('best_heuristic')}")
     label = f"tune: {best.get('name')}{guided} ({solver}, {s.steps} steps)"
     detail = (f"{best.get('name')} from `tune` on {made} with {solver} at {s.steps} steps: held-out {metric} {val}; "
-              f"it {verdict} ({path.name})")
+              f"it {verdict} ({_shown(path)})")
     params = {"model": str(made), "solver": solver, "method": best.get("name"), "tune_file": str(path),
               "metric": metric, "heldout_mean": best[metric], "beat_heuristic": won}
     return KnownSchedule(f"tune:{path}#{best.get('name')}", label, s.sigmas, s.steps, solver, str(path), won,
                          detail, path.stat().st_mtime, params), None
+
+
+def _shown(path) -> str:
+    """A path as the app shows it: relative to the repository when inside it."""
+    from core.models.checkpoints import ROOT
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _tune_files(folder: Path) -> list:
@@ -115,7 +124,7 @@ def known_schedules(model, solver: str, steps: int, folders=()) -> tuple:
             out.append(KnownSchedule("shipped:ays", "AYS (shipped)", s.sigmas, int(n), None,
                                      str(entry.schedules), None,
                                      f"Align Your Steps shipped with {name} (its {n}-step stage"
-                                     f"{'' if n == s.steps else f', resampled to {s.steps} steps'}; {entry.schedules})",
+                                     f"{'' if n == s.steps else f', resampled to {s.steps} steps'}; {_shown(entry.schedules)})",
                                      params=dict(s.params)))
     dirs = ([Path(CHECKPOINTS) / name / "schedules"] if entry is not None else []) + [Path(f) for f in folders]
     for d in dirs:

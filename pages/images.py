@@ -187,7 +187,7 @@ def _enlarge(title: str, images, zrange, png_name: str) -> None:
 def _grid(images, title: str, key: str, zrange=(-1.0, 1.0), cols: int = 4) -> None:
     """A grid of tiles, with Enlarge (a dialog) and a PNG download of the same grid."""
     st.plotly_chart(plots.image_grid_fig(images, title, cols=cols, zrange=zrange), key=f"im_fig_{key}")
-    b = st.columns(2)
+    b = st.columns(2 if cols <= 4 else [1, 1, 5])                  # the buttons stay together under a wide grid
     if b[0].button("Enlarge", key=f"im_big_{key}", icon=":material/zoom_in:"):
         _enlarge(title, images, zrange, f"{key}.png")
     b[1].download_button("PNG", engine.grid_png(images, *zrange), file_name=f"{key}.png", mime="image/png",

@@ -79,7 +79,7 @@ def test_stochastic_solvers_are_not_offered(fake):
 
 def test_real_digits_model_on_the_page():
     assert "digits" in registry.model_names()
-    at = open_page("images", im_model="digits", im_scheds=["karras", "loglinear"], im_nfe=6, im_n=4,
+    at = open_page("images", im_model="digits", im_scheds=["karras", "loglinear"], im_opt=[], im_nfe=6, im_n=4,
                    im_ref_steps=30)
     f = figures(at)
     assert {"im_fig_ref", "im_fig_s0", "im_fig_s1", "im_fig_d0", "im_fig_d1"} <= set(f)
@@ -111,13 +111,18 @@ def test_optimized_schedules_for_the_image_model(fake):
 
 def test_digits_quality_table_is_the_metric_suites_numbers():
     from core.metrics.images import evaluate_images
-    at = open_page("images", im_model="digits", im_scheds=["loglinear"], im_nfe=6, im_n=4, im_ref_steps=30,
-                   im_quality=True, im_q_n=200)
+    at = open_page("images", im_model="digits", im_scheds=["loglinear"], im_opt=[], im_nfe=6, im_n=4,
+                   im_ref_steps=30, im_quality=True, im_q_n=200)
     q = at.session_state["im_quality_result"]["loglinear"]
     want = evaluate_images(registry.load_model("digits"), make_schedule("loglinear", 6, 0.002, 80.0), "dpmpp_2m",
                            n=200, seeds=(0,), reference=False)
     assert q["fd"] == pytest.approx(want["fd"], rel=1e-6) and q["nfe"] == 6
     assert q["confidence"] == pytest.approx(want["confidence"], rel=1e-6)
+    # every metric column has its winner (one schedule here); negative KID is explained; a CSV download
+    assert at.session_state["im_quality_winners"] == dict.fromkeys(
+        ["FD", "KID", "confidence", "largest class deviation"], "loglinear")
+    assert any("unbiased" in c.value and "negative" in c.value for c in at.caption)
+    assert any(d.proto.id.endswith("im_quality_csv") for d in at.get("download_button"))
 
 
 def test_shipped_ays_schedule_for_digits_on_the_page():

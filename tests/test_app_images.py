@@ -9,6 +9,7 @@ import core.models.registry as registry
 from app_helpers import arr, assert_clean, figures, open_page, trace
 from core.compare import compare_to_reference, error_vs_nfe
 from core.schedules import make_schedule
+from core.tune.known import known_schedules
 
 STATE = {"im_scheds": ["karras", "loglinear"], "im_opt": [], "im_nfe": 6, "im_n": 4, "im_ref_steps": 40}
 
@@ -282,6 +283,14 @@ def test_default_digits_page_shows_the_shipped_ays_next_to_the_best_heuristics()
     f = figures(at)
     assert len(f["im_fig_s2"]["data"]) == 8                                  # 8 tiles
     assert at.session_state["im_winners"]["RMSE to reference"] == min(res["rmse"], key=res["rmse"].get)
+    # another model brings its own defaults: the flow heuristics and its best known optimized schedule
+    at.selectbox(key="im_n").set_value(4)                                     # (smaller, to keep the test quick)
+    at.number_input(key="im_ref_steps").set_value(20)
+    at.selectbox(key="im_model").set_value("digits-flow").run()
+    assert at.multiselect(key="im_scheds").value == ["flow_uniform", "flow_shift"]
+    known, _ = known_schedules("digits-flow", "dpmpp_2m", 10)
+    assert at.multiselect(key="im_opt").value == ([f"known:{known[0].key}"] if known else ["opt:nonuniform"])
+    assert set(at.session_state["im_result"]["kinds"].values()) == {"heuristic", "optimized"}
 
 
 def test_guidance_widgets_change_the_samples():

@@ -159,7 +159,7 @@ def test_default_compares_the_saved_tune_result_with_heuristics(fake):
     assert at.multiselect(key="im_opt").value[0] == key
     assert at.multiselect(key="im_scheds").value == ["loglinear", "karras"]
     res = at.session_state["im_result"]
-    label = "tune: gits (dpmpp_2m, 6 steps)"
+    label = "tune: gits (for dpmpp_2m)"
     assert res["kinds"] == {"loglinear": "heuristic", "karras": "heuristic", label: "optimized"}
     np.testing.assert_allclose(res["sigmas"][label], sig, rtol=1e-12)
     want = compare_to_reference(fake_engine.GaussianImages(), {"t": make_schedule("karras", 6, 0.002, 80.0, rho=3.0)},
@@ -283,30 +283,28 @@ def test_default_digits_page_shows_the_shipped_ays_next_to_the_best_heuristics()
     f = figures(at)
     assert len(f["im_fig_s2"]["data"]) == 8                                  # 8 tiles
     assert at.session_state["im_winners"]["RMSE to reference"] == min(res["rmse"], key=res["rmse"].get)
-    # another model brings its own defaults: the flow heuristics and its best known optimized schedule
-    at.selectbox(key="im_n").set_value(4)                                     # (smaller, to keep the test quick)
-    at.number_input(key="im_ref_steps").set_value(20)
-    at.selectbox(key="im_model").set_value("digits-flow").run()
-    assert at.multiselect(key="im_scheds").value == ["flow_uniform", "flow_shift"]
-    known, _ = known_schedules("digits-flow", "dpmpp_2m", 10)
-    assert at.multiselect(key="im_opt").value == ([f"known:{known[0].key}"] if known else ["opt:nonuniform"])
-    assert set(at.session_state["im_result"]["kinds"].values()) == {"heuristic", "optimized"}
 
 
 def test_guidance_widgets_change_the_samples():
     """digits-flow: the class label steers the samples to that digit (the shipped classifier agrees),
-    and the guidance scale changes them."""
+    and the guidance scale changes them. Its defaults: the flow heuristics (uniform t, SD3 shift 3) and
+    its best known optimized schedule (the tune result shipped in checkpoints/digits-flow/schedules)."""
     import torch
 
     from core.metrics.images import load_classifier
-    st = {"im_model": "digits-flow", "im_scheds": ["flow_uniform"], "im_opt": [], "im_nfe": 6, "im_n": 4,
-          "im_ref_steps": 20, "im_label": "3", "im_cfg": 3.0}
+    st = {"im_model": "digits-flow", "im_nfe": 6, "im_n": 4, "im_ref_steps": 20, "im_label": "3", "im_cfg": 3.0}
     at = open_page("images", **st)
+    assert at.multiselect(key="im_scheds").value == ["flow_uniform", "flow_shift"]
+    known, _ = known_schedules("digits-flow", "dpmpp_2m", 6)
+    assert at.multiselect(key="im_opt").value == [f"known:{known[0].key}"] and known[0].params["method"] == "oss"
+    assert at.session_state["im_result"]["kinds"]["tune: oss (for dpmpp_2m)"] == "optimized"
 
     def samples():                                           # the plotted tiles, one trace per image
         return np.stack([arr(t["z"]).reshape(16, 16) for t in figures(at)["im_fig_s0"]["data"]])[:, None]
     clf = load_classifier()
-    three = samples()
+    three = samples()                                        # (flow_uniform is the first grid)
+    at.multiselect(key="im_scheds").set_value(["flow_uniform"])
+    at.multiselect(key="im_opt").set_value([])
     at.selectbox(key="im_label").set_value("7").run()
     seven = samples()
     at.number_input(key="im_cfg").set_value(1.0).run()

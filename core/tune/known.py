@@ -82,8 +82,9 @@ def _tune_entry(path: Path, names: set) -> tuple:
                                                                                   (int, float)) else "")
     verdict = ("beat the best heuristic" if won else
                f"did not beat the best heuristic {t.get('best_heuristic')}")
-    label = f"tune: {best.get('name')}{guided} ({solver}, {s.steps} steps)"
-    detail = (f"{best.get('name')} from `tune` on {made} with {solver} at {s.steps} steps: held-out {metric} {val}; "
+    label = f"tune: {best.get('name')}{guided} (for {solver})"           # made at s.steps; sampled at any
+    detail = (f"{best.get('name')} from `tune` on {made} with {solver} at {s.steps} steps (resampled log-linearly "
+              f"to other step counts): held-out {metric} {val}; "
               f"it {verdict} ({_shown(path)})")
     params = {"model": str(made), "solver": solver, "method": best.get("name"), "tune_file": str(path),
               "metric": metric, "heldout_mean": best[metric], "beat_heuristic": won}

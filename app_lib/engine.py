@@ -134,6 +134,11 @@ def _split_model_id(model_id: str):
     return model_id, None, None
 
 
+def base_model_id(model_id: str) -> str:
+    """The model id without its guidance part (NAME#LABEL#W -> NAME)."""
+    return _split_model_id(model_id)[0]
+
+
 @st.cache_resource(show_spinner="Loading image model ...")
 def image_model(name_or_path: str, device: str):
     name, label, w = _split_model_id(name_or_path)
@@ -165,7 +170,7 @@ def image_compare(model_id: str, device: str, schedules: dict, solver: str, n: i
     """core.compare.compare_to_reference on {label: sigmas}, as numpy arrays [n, C, H, W]."""
     from core.compare import compare_to_reference
     res = compare_to_reference(image_model(model_id, device), {k: Schedule(v) for k, v in schedules.items()},
-                               solver=solver, n=n, seed=seed, ref_steps=ref_steps)
+                               solver=solver, n=n, seed=seed, ref_steps=ref_steps, disk_cache=True)
     arr = {k: {kk: vv.numpy() for kk, vv in res[k].items()} for k in ("reference", "samples", "difference")}
     return {**arr, "rmse": res["rmse"], "rmse_ci": res["rmse_ci"], "nfe": res["nfe"]}
 
@@ -176,7 +181,44 @@ def image_error_vs_nfe(model_id: str, device: str, families: dict, nfes: tuple, 
     """core.compare.error_vs_nfe; families = {label: {steps: sigmas}} built by the page."""
     from core.compare import error_vs_nfe
     return error_vs_nfe(image_model(model_id, device), _sigma_dict_families(families), list(nfes),
-                        solver=solver, n=n, seed=seed, ref_steps=ref_steps)
+                        solver=solver, n=n, seed=seed, ref_steps=ref_steps, disk_cache=True)
+
+
+def image_reference_cached(model_id: str, device: str, n: int, seed: int, ref_steps: int, sigma_max: float) -> bool:
+    """Whether the many-step reference of these settings is already on disk (core.compare.reference_path)."""
+    from core.compare import reference_path
+    return reference_path(image_model(model_id, device), int(n), int(seed), float(sigma_max), int(ref_steps)).is_file()
+
+
+def image_reference(model_id: str, device: str, n: int, seed: int, ref_steps: int, sigma_max: float) -> None:
+    """Compute the many-step reference once and keep it on disk (core.compare.cached_reference); the
+    page calls it inside a status box before image_compare, which then reads it."""
+    from core.compare import cached_reference
+    cached_reference(image_model(model_id, device), int(n), int(seed), float(sigma_max), int(ref_steps))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def grid_png(images, lo: float = -1.0, hi: float = 1.0, cols: int = 8) -> bytes:
+    """The images [n, C, H, W] as one PNG grid (core.images_io.grid_png; [lo, hi] -> black .. white)."""
+    from core.images_io import grid_png as png
+    return png(images, nrow=min(int(cols), len(images)), scale=4, lo=lo, hi=hi)
+
+
+def winner(values: dict, lower_is_better: bool = True):
+    """The key of the best finite value (None when there is none): the row a metric table highlights."""
+    ok = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
+    if not ok:
+        return None
+    return (min if lower_is_better else max)(ok, key=ok.get)
+
+
+def schedule_warnings(schedule: Schedule, model_names, solver: str, label: str | None = None) -> dict:
+    """{"model": sentence | None, "solver": sentence | None}: the schedule was made for another model /
+    solver (core.schedules.provenance)."""
+    from core.schedules.provenance import model_mismatch, solver_mismatch
+    names = [n for n in model_names if n]
+    return {"model": model_mismatch(schedule, names, shown=names[0] if names else None, label=label),
+            "solver": solver_mismatch(schedule, solver, label=label)}
 
 
 # ---------------------------------------------------------------- optimized schedules for an image model
@@ -209,9 +251,44 @@ def image_stein_density(model_id: str, device: str, levels: int = 100, n: int = 
     return {"grid": grid, "delta": delta, "source": data.source, "generated": bool(data.generated)}
 
 
+def best_known_schedules(model_id: str, solver: str, nfe: int, model_name: str | None = None) -> dict:
+    """The optimized schedules known for an image model (core.tune.known.known_schedules), best first
+    for this solver and NFE: shipped with it (checkpoints/NAME/ays.json, checkpoints/NAME/schedules/*.json)
+    or saved by `tune` in the app's folder (app_lib.store.tune_dir() = $SCHEDULE_LAB_HOME/tune/*.json,
+    written by store.save_tune_result / TuneResult.write). model_name: the loaded model's name (a
+    folder model's tune files record it).
+
+    Returns {"steps", "options": {picker key: KnownSchedule}, "default": [picker keys], "problems": [str]}:
+    the default is the best tune-based entry and the shipped AYS (each when there is one)."""
+    from core.solvers import get_solver
+    return _known(model_id, solver, get_solver(solver).steps_for_nfe(int(nfe)), model_name)
+
+
+def _known(model_id: str, solver: str, steps: int, model_name: str | None = None) -> dict:
+    from app_lib import store
+    from core.tune.known import known_schedules
+    base = _split_model_id(model_id)[0]
+    try:
+        folders = [store.tune_dir()]
+    except (OSError, ScheduleLabError):
+        folders = []
+    known, problems = known_schedules([base, model_name or base], solver, int(steps), folders)
+    opts = {("opt:ays" if k.key == "shipped:ays" else "known:" + k.key): k for k in known}
+    tuned = [key for key in opts if key.startswith("known:")]
+    default = tuned[:1] + (["opt:ays"] if "opt:ays" in opts else [])
+    return {"steps": int(steps), "options": opts, "default": default, "problems": problems}
+
+
 def image_optimized_schedule(key: str, steps: int, model_id: str, device: str, sigma_min: float,
-                             sigma_max: float) -> Schedule:
-    """The picker's optimized option `key` (IMAGE_OPTIMIZED) at `steps` steps for this model."""
+                             sigma_max: float, solver: str = "dpmpp_2m") -> Schedule:
+    """The picker's optimized option `key` (IMAGE_OPTIMIZED, or a best_known_schedules key) at `steps`
+    steps for this model."""
+    if key.startswith("known:"):
+        k = _known(model_id, solver, steps, getattr(image_model(model_id, device), "name", None))["options"].get(key)
+        if k is None:
+            raise ScheduleLabError(f"the saved schedule {key[len('known:tune:'):]!r} is gone (deleted or moved); "
+                                   "pick another")
+        return k.schedule(int(steps))
     if key == "opt:ays":
         s = optional(REGISTRY).shipped_schedule(_split_model_id(model_id)[0], int(steps))
         if s is None:
@@ -248,3 +325,21 @@ def image_quality(model_id: str, device: str, schedules: dict, solver: str, n: i
         r = evaluate_images(model, Schedule(sig), solver, n=int(n), seeds=(int(seed),), reference=False)
         out[label] = {k: r[k] for k in ("fd", "kid", "confidence", "balance_max_dev", "nfe", "seconds")}
     return out
+
+
+def folder_problem(path: str) -> str | None:
+    """Why a typed folder path cannot be a model, in the app's words (None when it may be one; loading
+    then says the rest)."""
+    from pathlib import Path
+    p = Path(path).expanduser()
+    if not p.exists():
+        return (f"There is no file or folder at {path!r}. Enter the full path of a local diffusers model folder "
+                "(the one that holds config.json and scheduler_config.json, or unet/ and scheduler/).")
+    if p.is_file() and p.suffix != ".safetensors":        # a UNet .safetensors from train-images is a model
+        return (f"{path!r} is a file. Enter the folder that holds it: a diffusers model folder with config.json "
+                "and scheduler_config.json (or unet/ and scheduler/).")
+    reg, dif = optional(REGISTRY), optional("core.models.diffusers_loader")
+    if p.is_dir() and reg is not None and hasattr(reg, "_folder_problem") and dif is not None \
+            and not dif.looks_like_diffusers(str(p)):
+        return reg._folder_problem(p)
+    return None

@@ -195,9 +195,10 @@ def cumulative_fig(cums: dict, title: str) -> go.Figure:
 
 
 # ---------------------------------------------------------------- images
-def image_grid_fig(images, title: str, cols: int = 4, zrange=(-1.0, 1.0)) -> go.Figure:
+def image_grid_fig(images, title: str, cols: int = 4, zrange=(-1.0, 1.0), tile_px: int = 90) -> go.Figure:
     """A grid of images [n, C, H, W] (C = 1 grey or 3 RGB, values in zrange, the engine's
-    layout) or [n, H, W]; drawn with plotly's facet columns."""
+    layout) or [n, H, W]; drawn with plotly's facet columns, every axis hidden (no ticks, grid or
+    zero line); `tile_px`: the height of a row of tiles (an enlarged view passes more)."""
     import plotly.express as px
     imgs = np.asarray(images, dtype=np.float64)
     if imgs.ndim == 4 and imgs.shape[1] == 1:
@@ -213,10 +214,10 @@ def image_grid_fig(images, title: str, cols: int = 4, zrange=(-1.0, 1.0)) -> go.
         c = imgs.shape[-1]
         fig = px.imshow(imgs, zmin=[zrange[0]] * c, zmax=[zrange[1]] * c, **kw)
     fig.for_each_annotation(lambda a: a.update(text=""))
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False)
+    fig.update_xaxes(visible=False, showticklabels=False, ticks="", showgrid=False, zeroline=False)
+    fig.update_yaxes(visible=False, showticklabels=False, ticks="", showgrid=False, zeroline=False)
     rows = -(-n // min(cols, n))
-    return _layout(fig, title, height=60 + 90 * rows)
+    return _layout(fig, title, height=60 + int(tile_px) * rows)
 
 
 def error_vs_nfe_fig(res: dict, title: str = "Distance to the many-step reference") -> go.Figure:

@@ -9,6 +9,8 @@ crash leaves the old file or the new one, never half of one. Every file is read 
     library.json   {"format": LIBRARY_FORMAT, "schedules": [{"label": str, "schedule": Schedule.to_dict()}]}
     run.json       {"format": RUN_FORMAT, "run_id", "method", "knobs", "spec", "status", "message",
                     "history", "state", "progress", "saved_label", "saved_solver"}
+    tune/*.json    `tune` results (core.tune.TuneResult.write: a schedule JSON with the leaderboard
+                   under "tune"); the Images page offers them for their model (core.tune.known)
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from core.optimizers.progress import Progress
 from core.schedules import Schedule
 
 ENV = "SCHEDULE_LAB_HOME"
-LIBRARY_FILE, RUN_FILE = "library.json", "run.json"
+LIBRARY_FILE, RUN_FILE, TUNE_DIR = "library.json", "run.json", "tune"
 LIBRARY_FORMAT = "schedule-lab/library/1"
 RUN_FORMAT = "schedule-lab/app-run/1"
 MAX_LIBRARY_BYTES = 8 << 20          # ~40 000 schedules of 20 steps; far above any real library
@@ -47,6 +49,27 @@ def home() -> Path:
     except OSError as e:
         raise ScheduleLabError(f"cannot create the app's folder {str(p)!r} ({e}); set {ENV} to a writable "
                                "folder") from None
+    return p
+
+
+def tune_dir() -> Path:
+    """The folder of saved `tune` results, home()/tune (created on first use)."""
+    p = home() / TUNE_DIR
+    p.mkdir(exist_ok=True)
+    return p
+
+
+def save_tune_result(result, name: str | None = None) -> Path:
+    """Write a core.tune.TuneResult into tune_dir() as NAME.json (default: model_solver_STEPS, made
+    file-name safe), atomically; the Images page then offers its best optimizer for that model."""
+    import re
+    s = result.schedule
+    base = name or f"{s.params.get('model', 'model')}_{s.params.get('solver', s.solver)}_{s.steps}"
+    safe = re.sub(r"[^A-Za-z0-9._=-]+", "_", str(base)).strip("._") or "tune"
+    p = tune_dir() / f"{safe[:120]}.json"
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    result.write(tmp)
+    os.replace(tmp, p)
     return p
 
 

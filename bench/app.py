@@ -56,15 +56,16 @@ def bench_page(page: str) -> dict:
 
 
 def main() -> int:
+    only = sys.argv[sys.argv.index("--pages") + 1].split(",") if "--pages" in sys.argv else PAGES   # e.g. --pages images
     _timed(_session("schedules").run)                      # import streamlit / torch / plotly once
-    rows = [bench_page(p) for p in PAGES]
+    rows = [bench_page(p) for p in PAGES if p in only]
     print(f"{'page':<14}{'cold s':>9}{'warm s':>9}{'rerun s':>9}{'charts':>8}  note")
     for r in rows:
         note = ("guarded (engine part missing)" if r["guarded"] else "") + ("" if r["within_target"] else " SLOW")
         print(f"{r['page']:<14}{r['cold_s']:9.2f}{r['warm_s']:9.2f}{r['rerun_s']:9.2f}{r['charts']:8d}  {note}")
     out = {"bench": "app", "target_warm_s": TARGET_S, "device": "cpu", "torch_threads": torch.get_num_threads(),
            "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0], "pages": rows}
-    path = ROOT / "bench" / "results" / "app.json"
+    path = ROOT / "bench" / "results" / ("app.json" if only == PAGES else f"app_{'_'.join(only)}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print(f"wrote {path.relative_to(ROOT)}")

@@ -41,10 +41,11 @@ def to_uint8(x: torch.Tensor, normalise: str = "clamp", lo: float = -1.0, hi: fl
 
 
 def grid(x: torch.Tensor, nrow: int | None = None, pad: int = 1, scale: int = 1,
-         normalise: str = "clamp") -> np.ndarray:
+         normalise: str = "clamp", lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
     """Tile [n, C, H, W] into one uint8 image [rows*(H+pad)+pad, cols*(W+pad)+pad, C]
-    (nrow = images per row, default ceil(sqrt(n)); padding is mid-grey; `scale` repeats pixels)."""
-    u = to_uint8(x, normalise)
+    (nrow = images per row, default ceil(sqrt(n)); padding is mid-grey; `scale` repeats pixels;
+    [lo, hi] is the value range mapped to black .. white by normalise="clamp")."""
+    u = to_uint8(x, normalise, lo, hi)
     n, h, w, c = u.shape
     cols = int(nrow or math.ceil(math.sqrt(n)))
     rows = math.ceil(n / cols)
@@ -55,6 +56,18 @@ def grid(x: torch.Tensor, nrow: int | None = None, pad: int = 1, scale: int = 1,
     if scale > 1:
         out = out.repeat(scale, axis=0).repeat(scale, axis=1)
     return out
+
+
+def grid_png(x, nrow: int | None = None, scale: int = 4, lo: float = -1.0, hi: float = 1.0,
+             normalise: str = "clamp") -> bytes:
+    """The images [n, C, H, W] (tensor or array) as one PNG grid, in memory (a download's bytes)."""
+    import io
+
+    from PIL import Image
+    g = grid(torch.as_tensor(np.asarray(x)), nrow=nrow, scale=scale, normalise=normalise, lo=lo, hi=hi)
+    buf = io.BytesIO()
+    Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def save_grid(x: torch.Tensor, path, nrow: int | None = None, scale: int = 4,

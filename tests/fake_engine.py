@@ -44,7 +44,8 @@ def _gauss_data(name, model, data=None, **kw):
 MODULES = {
     "core.models.registry": lambda: _module("core.models.registry", model_names=lambda: ["gauss8"],
                                             load_model=lambda name, device="cpu": GaussianImages().to(device),
-                                            model_data=_gauss_data),
+                                            model_data=_gauss_data, model_entry=lambda name: None,
+                                            shipped_schedule=lambda name, steps: None),
 }
 
 

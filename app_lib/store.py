@@ -52,21 +52,21 @@ def home() -> Path:
     return p
 
 
-def tune_dir() -> Path:
-    """The folder of saved `tune` results, home()/tune (created on first use)."""
-    p = home() / TUNE_DIR
+def tune_dir(root: Path | None = None) -> Path:
+    """The folder of saved `tune` results, home()/tune (or root/tune; created on first use)."""
+    p = (Path(root) if root is not None else home()) / TUNE_DIR
     p.mkdir(exist_ok=True)
     return p
 
 
-def save_tune_result(result, name: str | None = None) -> Path:
+def save_tune_result(result, name: str | None = None, root: Path | None = None) -> Path:
     """Write a core.tune.TuneResult into tune_dir() as NAME.json (default: model_solver_STEPS, made
     file-name safe), atomically; the Images page then offers its best optimizer for that model."""
     import re
     s = result.schedule
     base = name or f"{s.params.get('model', 'model')}_{s.params.get('solver', s.solver)}_{s.steps}"
     safe = re.sub(r"[^A-Za-z0-9._=-]+", "_", str(base)).strip("._") or "tune"
-    p = tune_dir() / f"{safe[:120]}.json"
+    p = tune_dir(root) / f"{safe[:120]}.json"
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     result.write(tmp)
     os.replace(tmp, p)

@@ -61,6 +61,7 @@ class TuneJob:
         self.status, self.message, self.log = "stopped", "", []
         self.done_units, self.total_units = 0, 0
         self.tuner, self.result, self.match = None, None, None
+        self.saved_to: str | None = None             # the result's file in home/tune once done
         self._gen, self._lock, self._stop = None, threading.Lock(), threading.Event()
 
     @property
@@ -162,6 +163,7 @@ class TuneJob:
             if ev.done:
                 self.result = ev.extra["result"]
                 self._close()
+                self._publish()
             self.save()
             return
         try:                                          # the result stands even if this extra scoring fails
@@ -171,6 +173,14 @@ class TuneJob:
         self.done_units = self.total_units
         self.status, self.message = "done", self.result.reason
         self.save()
+
+    def _publish(self) -> None:
+        """Write the finished result where the Images page looks for a model's optimized schedules
+        (store.save_tune_result: home/tune/MODEL_SOLVER_STEPS.json, core.tune.known)."""
+        try:
+            self.saved_to = str(store.save_tune_result(self.result, root=self.home))
+        except (OSError, ScheduleLabError) as e:     # the run's result stands; say why it was not shared
+            self.saved_to, self.log = None, (self.log + [f"result not saved for the Images page: {e}"])[-MAX_LOG:]
 
     def _fail(self, msg: str) -> None:
         self._close()

@@ -196,7 +196,8 @@ ss["tp_result"] = {"winner": res.winner, "best_heuristic": res.best_heuristic, "
 
 st.subheader("Result")
 st.caption(f"Run: {jtm.name}, {job.spec['solver']}, {job.spec['steps']} steps, seed {job.spec['seed']}"
-           + ("" if not tv.settings_changes(job, page_spec()) else " (the settings above have changed since)"))
+           + ("" if not tv.settings_changes(job, page_spec()) else " (the settings above have changed since)")
+           + (" · saved for the Images page" if job.saved_to else ""))
 if res.from_heuristic:
     st.warning(f"**No optimizer won.** {res.reason[0].upper() + res.reason[1:]}. The schedule to use is the heuristic "
                f"**{res.winner}**; the table says why each optimizer lost.", icon="⚖️")

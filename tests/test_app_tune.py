@@ -3,6 +3,8 @@ a reload that finds the stopped run, Resume refused after a changed setting and 
 the state file to the same result as an uninterrupted core.tune run; the leaderboard, the levels
 plot and the side-by-side samples asserted on state and plotted data; the winner's exports read
 back to the same schedule; "no optimizer won" on a handicapped optimizer; bad model paths."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -115,6 +117,11 @@ def test_start_stop_reload_resume_then_the_results(monkeypatch, app_home):
     assert mt["heuristic_sigmas"] == list(make_schedule(ref.best_heuristic, 6, 0.002, 80.0).sigmas)
     at2.button(key="tp_save").click().run()
     assert at2.session_state["library"][at2.session_state["tp_saved"]].sigmas == win_sig
+    # the finished result is written where the Images page looks for a model's optimized schedules
+    from core.tune.known import known_schedules
+    assert Path(job2.saved_to).parent == app_home / "tune"
+    known, problems = known_schedules(ref.schedule.params["model"], "dpmpp_2m", 4, folders=[app_home / "tune"])
+    assert not problems and known[0].sigmas == tuple(win_sig) and known[0].beat_heuristic
 
 
 def _bad(ctx, seed, deadline):

@@ -125,7 +125,7 @@ if ss.opt_model not in [TOY] + image_names + [FOLDER]:
 toy_base = ss.get("sb_model_kind") or "exact"
 m = st.columns([3, 2, 2])
 m[0].selectbox("Model", [TOY] + image_names + [FOLDER], key="opt_model", on_change=_model_changed,
-               format_func=lambda o: f"the sidebar's toy ({cfg['toy']}, {kind_label(toy_base)})" if o == TOY else o,
+               format_func=lambda o: f"toy: {cfg['toy']} ({kind_label(toy_base)})" if o == TOY else o,
                help="the sidebar's 2-D toy, or an image model (loaded as on the Images page; its data: the "
                     "training split it ships with, else its own many-step samples, generated once and cached)")
 model_id, n_classes, model_ok = None, 0, True

@@ -102,8 +102,8 @@ kind = "image" if image else "toy"
 k = st.columns([2, 1, 3, 1])
 k[0].selectbox("Solver", solver_names(), key="tp_solver")
 k[1].number_input("Steps", 2, 100, step=1, key="tp_steps")
-k[2].multiselect("Optimizers (every heuristic always runs)", OPTIMIZERS, key=f"tp_methods_{kind}",
-                 help="; ".join(f"{n}: {TABLE[n].note}" for n in OPTIMIZERS))
+k[2].multiselect("Optimizers", OPTIMIZERS, key=f"tp_methods_{kind}",
+                 help="every heuristic always runs; " + "; ".join(f"{n}: {TABLE[n].note}" for n in OPTIMIZERS))
 k[3].number_input("Budget s", 0, 36000, step=30, key="tp_budget",
                   help="wall-clock budget of the whole run in seconds (0: none); optimizers whose share is too "
                        "small are skipped, with the reason in the table")

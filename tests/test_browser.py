@@ -107,7 +107,7 @@ def _no_errors(page, where):
 
 # widget labels wrapped over more than one line, and inputs / selectboxes whose value is cut ("dpı" for
 # dpmpp_2m, "200" for 2000): the layout check at 1024 and 1280 px on the pages listed here
-LAYOUT_PAGES = ("", "error_curves", "schedules")
+LAYOUT_PAGES = ("", "error_curves", "optimizer", "tune", "images", "schedules")
 LAYOUT_JS = """() => {
   const main = document.querySelector('[data-testid="stMain"]'), out = [];
   for (const lab of main.querySelectorAll('[data-testid="stWidgetLabel"]')) {

@@ -340,15 +340,15 @@ def build_schedule(opt: str, steps: int, sigma_min: float, sigma_max: float) -> 
 
 
 def fit_warnings(schedules: dict, model, solver: str | None = None) -> list:
-    """Sentences (core.schedules.fit) for {label: Schedule} used where they were not made for: sampled
+    """Sentences (core.schedules.provenance) for {label: Schedule} used where they were not made for: sampled
     with another solver than their own (when `solver` is given), optimized for another model than
     `model` (a Denoiser), or leaving the model's sigma range."""
     from core.schedules import range_mismatch
-    from core.schedules.fit import model_mismatch, solver_mismatch
+    from core.schedules.provenance import model_mismatch, solver_mismatch
     out = []
     for label, s in schedules.items():
-        for w in (solver_mismatch(s, solver, label) if solver else None,
-                  model_mismatch(s, str(getattr(model, "name", "")), label),
+        for w in (solver_mismatch(s, solver, label=label) if solver else None,
+                  model_mismatch(s, str(getattr(model, "name", "")), label=label),
                   range_mismatch(s, model.sigma_min, model.sigma_max, "the sidebar's model")):
             if w:
                 out.append(w)

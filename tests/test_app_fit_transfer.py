@@ -13,7 +13,7 @@ import pytest
 
 from app_helpers import APP, ROOT, arr, assert_clean, figures, open_page
 from core.schedules import Schedule, make_schedule, resample_loglinear
-from core.schedules.fit import model_mismatch, solver_mismatch
+from core.schedules.provenance import model_mismatch, solver_mismatch
 from core.transfer import guidance_transfer
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
@@ -41,7 +41,7 @@ def downloads(monkeypatch):
     return read
 
 
-# ---------------------------------------------------------------- the sentences (core.schedules.fit)
+# ---------------------------------------------------------------- the sentences (core.schedules.provenance)
 def test_fit_sentences_fire_only_on_a_mismatch():
     heur = make_schedule("karras", 6)
     so = Schedule(heur.sigmas, name="score_optimal", solver="heun", params={"model": "mlp:spiral"})

@@ -125,7 +125,7 @@ def _sample(a):
         r = evaluate_model(model, sched, a.solver, n=a.n, seeds=seeds, data=data, mixture=mix)
     import sys
 
-    from core.schedules.fit import model_mismatch, solver_mismatch
+    from core.schedules.provenance import model_mismatch, solver_mismatch
     for w in (solver_mismatch(sched, a.solver), model_mismatch(sched, str(getattr(model, "name", "")))):
         if w:                                               # a schedule used where it was not made for
             sys.stderr.write(f"warning: {w}\n")

@@ -64,6 +64,6 @@ def solver_mismatch(schedule: Schedule, solver: str, label: str | None = None) -
     made = made_for(schedule)["solver"]
     if made is None or _solver_name(made) == _solver_name(solver):
         return None
-    return (f"{label or schedule.name} was optimized for the solver {made}, and is sampled here with {solver}: "
+    return (f"{label or schedule.name} was optimized for the {made} solver and is sampled here with {solver}: "
             f"its steps are placed for {made}'s error, so with {solver} it may lose to a heuristic. Choose "
             f"{made}, or tune a schedule for {solver}.")

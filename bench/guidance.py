@@ -328,7 +328,8 @@ def main(argv=None):
                       f"{title}: {SOLVER}, {payload['n']} held-out noises (labels 0..9 cycled); RMS per pixel to the "
                       f"{DIGITS_REF['steps']}-step reference (95 % CI over samples), FD to the held-out split and "
                       f"accuracy under the metric classifier (reference: FD {payload['reference']['fd']:.4f}, "
-                      f"accuracy {payload['reference']['accuracy']:.3f}). NFE counts network calls: 2 per step at w != 1")
+                      f"accuracy {payload['reference']['accuracy']:.3f}). "
+                      "NFE counts network calls: 2 per step at w != 1")
             vrows = [{"steps": k, "best optimizer": v["best"],
                       **{f"RMS diff vs {b}": f"{v['minus_' + b][0]:+.4f} ± {v['minus_' + b][1]:.4f}"
                          for b in ("flow_uniform", "flow_shift3")},

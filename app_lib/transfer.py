@@ -39,6 +39,8 @@ def _bench_guidance(mtimes: tuple) -> dict:
         d = read_json(RESULTS / name, f"benchmark result {name}", 16 << 20)
         prov = {"file": f"bench/results/{name}", "when": d.get("when"), "machine": d.get("machine") or {}}
         for case, c in (d.get("cases") or {}).items():
+            if isinstance(c, dict) and "ws" not in c and "error" not in c:
+                continue                          # not a transfer case (e.g. the w = 3 comparison)
             cases[case] = {**guidance_transfer(c), "provenance": {**prov, "budget": c.get("budget") or {},
                                                                    "wall_seconds": c.get("wall_seconds")}}
     return {"cases": cases, "missing": missing}

@@ -1,14 +1,21 @@
 """Schedule Lab: how the sampling schedule changes what a diffusion sampler does.
 
-Run with `make app` (or `streamlit run app.py`). Five pages share one sidebar (device, seed,
+Run with `make app` (or `streamlit run app.py`). Six pages share one sidebar (device, seed,
 toy and toy model, the optimizer run's progress); every number on them comes from the engine in core/.
 """
 import streamlit as st
+import torch
 
 from app_lib.runs import run_indicator
 from app_lib.state import sidebar
+from core.device import app_threads
+from core.errors import ScheduleLabError
 
 st.set_page_config(page_title="Schedule Lab", layout="wide")
+try:
+    torch.set_num_threads(app_threads())           # 1 unless $SCHEDULE_LAB_THREADS says otherwise
+except ScheduleLabError as e:                       # a bad value: say so, go on with torch's own setting
+    st.warning(str(e))
 
 PAGES = [
     st.Page("pages/playground.py", title="Playground", icon=":material/scatter_plot:", default=True),

@@ -5,9 +5,10 @@ For every page, with the app's default settings:
   warm      a new session once models and results are cached (what the next visit costs):
             the time to interactive, target <= 2 s
   rerun     a rerun of the same session (what a widget change with cached inputs costs)
-Prints a table and writes bench/results/app.json. Torch runs with its default thread count
-(OMP_NUM_THREADS when set), as the app does. Pages whose engine part is missing from this
-build are timed as they are (a notice) and marked "guarded".
+Prints a table and writes bench/results/app.json. Torch runs with the app's thread count
+(core.device.app_threads: $SCHEDULE_LAB_THREADS, default 1), set by app.py in each script run.
+Pages whose engine part is missing from this build are timed as they are (a notice) and marked
+"guarded". For a true first visit, clear the disk cache first (`python -m core cache clear`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from core.device import app_threads  # noqa: E402
 
 PAGES = ("playground", "error_curves", "optimizer", "tune", "images", "schedules")
 TARGET_S = 2.0
@@ -63,7 +66,7 @@ def main() -> int:
     for r in rows:
         note = ("guarded (engine part missing)" if r["guarded"] else "") + ("" if r["within_target"] else " SLOW")
         print(f"{r['page']:<14}{r['cold_s']:9.2f}{r['warm_s']:9.2f}{r['rerun_s']:9.2f}{r['charts']:8d}  {note}")
-    out = {"bench": "app", "target_warm_s": TARGET_S, "device": "cpu", "torch_threads": torch.get_num_threads(),
+    out = {"bench": "app", "target_warm_s": TARGET_S, "device": "cpu", "torch_threads_app": app_threads(), "torch_threads_main": torch.get_num_threads(),
            "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0], "pages": rows}
     path = ROOT / "bench" / "results" / ("app.json" if only == PAGES else f"app_{'_'.join(only)}.json")
     path.parent.mkdir(parents=True, exist_ok=True)

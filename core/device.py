@@ -48,3 +48,23 @@ def available_text() -> str:
     if mps is not None and mps.is_available():
         opts.append("mps")
     return " or ".join(opts)
+
+
+THREADS_ENV = "SCHEDULE_LAB_THREADS"
+
+
+def app_threads(environ=None) -> int:
+    """Torch CPU threads for the app: $SCHEDULE_LAB_THREADS, default 1.
+
+    Why 1: the app's models are small (a 16x16 UNet, 2-D MLPs), a page's work runs beside the
+    optimizer's worker thread and the Streamlit server, and on a 2-core machine with any other load
+    torch's 2 OpenMP threads wait on each other: the Images page's 8-image, 40-step reference took
+    41.8 s with 2 threads and 1.4 s with 1 (one other process on the machine; bench/app.py)."""
+    import os
+    raw = (os.environ if environ is None else environ).get(THREADS_ENV, "").strip()
+    if not raw:
+        return 1
+    if not raw.isdigit() or int(raw) < 1:
+        raise ScheduleLabError(f"{THREADS_ENV}={raw!r}: give a whole number of CPU threads >= 1 (e.g. 1 or 2), "
+                               "or unset it for the default 1")
+    return int(raw)

@@ -60,3 +60,24 @@ def test_page_settings_survive_a_visit_to_another_page():
 def test_sidebar_names_the_folder_of_the_saved_library(app_home):
     at = open_page("playground", toy="gaussian", **SMALL)
     assert any(f"`{app_home}`" in c.value for c in at.sidebar.caption)
+
+
+def test_app_threads_default_to_one_and_a_bad_value_is_named(monkeypatch):
+    """$SCHEDULE_LAB_THREADS sets torch's CPU threads for the app (default 1: 2 threads on a loaded
+    2-core machine made the Images page's reference 30x slower); a bad value is a warning, not a crash."""
+    from core.device import THREADS_ENV, app_threads
+    from core.errors import ScheduleLabError
+    assert app_threads({}) == 1 and app_threads({THREADS_ENV: " 2 "}) == 2
+    for bad in ("0", "two", "-1", "1.5"):
+        with pytest.raises(ScheduleLabError, match=THREADS_ENV):
+            app_threads({THREADS_ENV: bad})
+    calls = []                      # torch's thread count is per thread (the script's own): record the call
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    at = open_page("schedules")
+    assert_clean(at)
+    assert calls and set(calls) == {1}
+    monkeypatch.setenv(THREADS_ENV, "many")
+    calls.clear()
+    at = open_page("playground", toy="grid8x8", **SMALL)      # (AppTest drops app.py's own elements after switch_page)
+    assert any(THREADS_ENV in w.value for w in at.warning) and calls == []

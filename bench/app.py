@@ -58,7 +58,41 @@ def bench_page(page: str) -> dict:
             "guarded": guarded, "within_target": warm <= TARGET_S}
 
 
+def bench_tune_digits() -> dict:
+    """Issue 15's target: the Tune page on digits with its defaults (GITS + OSS + every heuristic, 10 steps,
+    dpmpp_2m) from Start to the finished result (steps to match included), target <= 180 s. Runs
+    in a fresh app folder; the digits reference is computed unless already in the disk cache."""
+    import tempfile
+    os.environ["SCHEDULE_LAB_HOME"] = tempfile.mkdtemp(prefix="bench_tune_")
+    at = _session("tune")
+    at.run()
+    at.selectbox(key="tp_source").set_value("digits").run()
+    spec = {"methods": list(at.session_state["tp_methods_image"]), "solver": at.session_state["tp_solver"],
+            "steps": int(at.session_state["tp_steps"])}
+    load0, t0, c0 = os.getloadavg()[0], time.perf_counter(), time.process_time()
+    at.button(key="tp_start").click().run()
+    job = at.session_state["tune_job"]
+    while job.status in ("running", "stopping"):
+        at.run()
+    if at.exception:
+        raise RuntimeError(f"tune page: {at.exception[0].value}")
+    res = at.session_state.get("tp_result") or {}
+    return {**spec, "status": job.status, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+            "load_start": load0, "load_end": os.getloadavg()[0], "winner": res.get("winner"),
+            "from_heuristic": res.get("from_heuristic"), "reason": res.get("reason"), "target_s": 180.0}
+
+
 def main() -> int:
+    if "--tune-digits" in sys.argv:                        # the Tune page's run on digits (minutes)
+        r = bench_tune_digits()
+        print(f"Tune page, digits, {'+'.join(r['methods'])} + heuristics, {r['steps']} steps {r['solver']}: "
+              f"{r['status']} in {r['wall_s']:.1f} s wall ({r['cpu_s']:.1f} s CPU, load {r['load_start']:.1f} -> "
+              f"{r['load_end']:.1f}); winner {r['winner']} ({r['reason']})")
+        out = {"bench": "app_tune_digits", "torch_threads_app": app_threads(), "python": platform.python_version(), **r}
+        path = ROOT / "bench" / "results" / "app_tune_digits.json"
+        path.write_text(json.dumps(out, indent=1))
+        print(f"wrote {path.relative_to(ROOT)}")
+        return 0
     only = sys.argv[sys.argv.index("--pages") + 1].split(",") if "--pages" in sys.argv else PAGES   # e.g. --pages images
     _timed(_session("schedules").run)                      # import streamlit / torch / plotly once
     rows = [bench_page(p) for p in PAGES if p in only]

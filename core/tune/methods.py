@@ -58,7 +58,8 @@ class TuneContext:
 
     @property
     def sampler(self):
-        return self.data.sample if self.toy else self.data
+        """x0 sampler (n, generator) -> [n, *event]: a mixture's .sample, or the data (points, images)."""
+        return self.data.sample if hasattr(self.data, "sample") else self.data
 
 
 @dataclass
@@ -112,8 +113,12 @@ def _run_ays(ctx, seed, deadline):
     if ctx.toy:
         exact = hasattr(ctx.model, "mixture")            # exact mixture: Monte Carlo is cheap
         n = 4096 if exact else 1024                      # a network (toy MLP: ~20 us a row on one CPU thread)
-        kw = dict(n_samples=n, max_iters=30 if exact else 10, patience=5 if exact else 3,
-                  heldout_fn=GuardedNLL(ctx.model, ctx.data, ctx.solver, n, hs))
+        if hasattr(ctx.data, "log_prob"):
+            hf = GuardedNLL(ctx.model, ctx.data, ctx.solver, n, hs)
+        else:                                            # data points only: early stopping on swd to them
+            from core.optimizers.heldout import HeldoutMetric
+            hf = HeldoutMetric("swd", ctx.model, ctx.solver, n, hs, sampler=ctx.sampler)
+        kw = dict(n_samples=n, max_iters=30 if exact else 10, patience=5 if exact else 3, heldout_fn=hf)
     else:
         from core.cli.opt_ays import IMAGE_DEFAULTS as d
         kw = dict(n_samples=d["samples"], max_iters=5, patience=d["patience"], chunk=d["chunk"], heldout=None)

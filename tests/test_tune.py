@@ -123,7 +123,7 @@ def test_heldout_seeds_are_disjoint_from_optimization_seeds():
 
 # (c) resume ---------------------------------------------------------------------------------------
 def _strip(res):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in res.table]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "cpu_seconds")} for r in res.table]
 
 
 RESUME = dict(methods=["nonuniform", "ays"], **SMALL)

@@ -121,9 +121,9 @@ def _run_ays(ctx, seed, deadline):
         kw = dict(n_samples=n, max_iters=30 if exact else 10, patience=5 if exact else 3, heldout_fn=hf)
     else:
         from core.cli.opt_ays import IMAGE_DEFAULTS as d
-        kw = dict(n_samples=d["samples"], max_iters=5, patience=d["patience"], chunk=d["chunk"], heldout=None)
-        if ctx.digits and not _stochastic(ctx):          # early stopping on FD to the TRAINING split
-            kw["heldout_fn"] = FDHeldout(ctx.model, d["heldout_n"], seed=hs, solver=ctx.solver)
+        kw = dict(n_samples=d["samples"], max_iters=3, patience=d["patience"], chunk=d["chunk"], heldout=None)
+        if ctx.digits and not _stochastic(ctx):          # early stopping on FD to the TRAINING split (500
+            kw["heldout_fn"] = FDHeldout(ctx.model, 500, seed=hs, solver=ctx.solver)   # images: ~9 s a check)
     opt = AYSOptimizer(ctx.model, ctx.sampler, steps=ctx.steps, stages=(ctx.steps,), sigma_min=ctx.sigma_min,
                        sigma_max=ctx.sigma_max, heldout_solver=ctx.solver, heldout_seed=hs, seed=s, **kw)
     sweeps = 0
@@ -205,8 +205,19 @@ def _run_shipped(ctx, seed, deadline):
     return s.with_name("ays_shipped")
 
 
+# Image-model settings of the trajectory optimizers in `tune` (the toys keep each optimizer's defaults, the
+# references').  Sized for `tune --model digits --steps 10` with every method in <= 10 min on 2 CPU cores:
+# the digits UNet costs ~1.7 ms of CPU per image and model call, so one held-out scoring (4 x 250 images x
+# 10 calls) is ~17 s and the defaults' OSS DP (64 samples, 200-level grid: ~9 x 190 x 64 calls) ~190 s.
+IMAGE_KW = {
+    "gits": dict(n_samples=128),                     # teacher 128 x 60 iPNDM calls (reference 256)
+    "oss": dict(n_samples=32, teacher_steps=100),    # DP ~ (n - 1) x 100 x 32 calls (reference 200-step teacher)
+    "ld3": dict(n_samples=32, rounds=3, teacher_steps=50),   # 16 train / 16 validation pairs
+}
+
+
 def _lazy(module: str, fn: str):
-    """A method that calls core.optimizers.<module>.<fn> when the module exists."""
+    """A method that calls core.optimizers.<module>.<fn> when the module exists (images: IMAGE_KW)."""
     def applies(ctx):
         try:
             importlib.import_module(f"core.optimizers.{module}")
@@ -219,8 +230,9 @@ def _lazy(module: str, fn: str):
 
     def run(ctx, seed, deadline):
         f = getattr(importlib.import_module(f"core.optimizers.{module}"), fn)
+        kw = {} if ctx.toy else IMAGE_KW.get(module, {})
         s = f(ctx.model, ctx.steps, ctx.solver, sigma_min=ctx.sigma_min, sigma_max=ctx.sigma_max,
-              seed=ctx.opt_seed(seed), progress=deadline.check)
+              seed=ctx.opt_seed(seed), progress=deadline.check, **kw)
         return s.with_name(module)
     return run, applies
 

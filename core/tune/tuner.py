@@ -297,7 +297,7 @@ class Tuner:
                    self.solver if m.solver_dependent else None)
             if key in self.cache:
                 return dict(self.cache[key])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             s = m.run(self.ctx, self.seed, deadline)
         except OverBudget:
@@ -305,8 +305,8 @@ class Tuner:
                     "reason": f"over its budget share of {share:.1f} s"}
         except ScheduleLabError as e:
             return {**rec, "status": "failed", "seconds": time.perf_counter() - t0, "reason": str(e)}
-        out = {**rec, "status": "ok", "seconds": time.perf_counter() - t0, "reason": "", "sigmas": list(s.sigmas),
-               "params": _jsonable(s.params)}
+        out = {**rec, "status": "ok", "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+               "reason": "", "sigmas": list(s.sigmas), "params": _jsonable(s.params)}
         if key is not None:
             self.cache[key] = dict(out)
         return out
@@ -331,6 +331,11 @@ class Tuner:
         if rec.get("sigmas") is None:
             return f"{name}: nothing to score ({rec['status']})"
         t0 = time.perf_counter()
+        same = next((n for n, c in self.state["candidates"].items() if n in self.state["scores"] and n != name
+                     and c.get("sigmas") == rec["sigmas"]), None)
+        if same is not None:            # the same levels (polyexponential rho = 1 is log-linear): same samples
+            self.state["scores"][name] = {k: list(v) for k, v in self.state["scores"][same].items()}
+            return f"{name}: the same levels as {same}, its held-out scores"
         self.state["scores"][name] = self.scorer(Schedule(tuple(rec["sigmas"]), name=name))
         dt = time.perf_counter() - t0
         self.state["score_s"].append(dt)
@@ -347,6 +352,7 @@ class Tuner:
         for n in self.names:
             c = st["candidates"].get(n, {"kind": self.table[n].kind, "status": "not run", "reason": "", "seconds": 0.0})
             row = {"name": n, "kind": c["kind"], "status": c["status"], "seconds": c.get("seconds", 0.0),
+                   "cpu_seconds": c.get("cpu_seconds"),
                    "reason": c.get("reason", ""), "sigmas": c.get("sigmas")}
             if n in rows:
                 r = rows[n]

@@ -73,10 +73,14 @@ def run(args):
                 if args.part:                                      # only these candidates' units, into a state
                     run_part(args, tn, label, solver, nfe)
                     continue
+                missing = []
                 if args.state_dir:                                 # the parts' states, merged: Tuner decides
-                    collect(args, tn, label, solver, nfe)
-                res = None
-                for ev in tn.events():
+                    missing = collect(args, tn, label, solver, nfe)
+                    if not any(n in tn.state["scores"] for n in tn.names if tn.table[n].kind == "heuristic"):
+                        print(f"{label} {solver} NFE {nfe}: no part has scored a heuristic yet; skipped", flush=True)
+                        continue
+                res = tn.result() if missing else None             # an unfinished run: what the parts have
+                for ev in ([] if missing else tn.events()):
                     if args.verbose:
                         print("   ", ev.message, f"[{time.perf_counter() - t0:.0f} s wall, "
                               f"{time.process_time() - c0:.0f} s cpu]", flush=True)
@@ -92,10 +96,12 @@ def run(args):
                              "winner": res.winner, "winner value": fmt(win.get(m), win.get(m + "_ci")),
                              "diff": fmt(win.get("diff"), win.get("diff_ci")),
                              "beats heuristic": not res.from_heuristic, "wall s": round(wall, 1),
-                             "cpu s": round(cpu, 1), "load": round(os.getloadavg()[0], 1)})
+                             "cpu s": round(cpu, 1), "load": round(os.getloadavg()[0], 1),
+                             "units not run": ", ".join(missing) or "-"})
                 for r in res.table:
+                    unscored = r["status"] == "ok" and r["name"] not in tn.state["scores"]   # an unfinished part
                     rows.append({"model": label, "solver": solver, "NFE": nfe, "method": r["name"], "kind": r["kind"],
-                                 "status": r["status"], "value": r.get(m), "ci": r.get(m + "_ci"),
+                                 "status": "not scored" if unscored else r["status"], "value": r.get(m), "ci": r.get(m + "_ci"),
                                  "diff": r.get("diff"), "diff_ci": r.get("diff_ci"), "ref": r.get("ref"),
                                  "ref_ci": r.get("ref_ci"), "ref_diff": r.get("ref_diff"),
                                  "ref_diff_ci": r.get("ref_diff_ci"), "swd": r.get("swd"), "swd_diff": r.get("swd_diff"),
@@ -137,7 +143,8 @@ def run_part(args, tn, label, solver, nfe):
 
 
 def collect(args, tn, label, solver, nfe):
-    """Merge the parts' states of this model x solver x NFE into tn (units no part ran are run by tn)."""
+    """Merge the parts' states of this model x solver x NFE into tn; returns the units no part finished
+    (then the run's table holds what the parts have, and says which units are missing)."""
     st = tn._fresh()
     for f in sorted(Path(args.state_dir).glob(f"{label.replace('/', '-')}_{solver}_{nfe}_*.json")):
         part = json.loads(f.read_text())
@@ -146,6 +153,7 @@ def collect(args, tn, label, solver, nfe):
         st["opt_seeds"] = sorted(set(st["opt_seeds"]) | set(part["opt_seeds"]))
         st["score_s"] += part["score_s"]
     tn.load_state(st)
+    return [f"{k}:{n}" for k, n in tn.units() if not tn._unit_done(k, n)]
 
 
 def _by_nfe(rows, label, solver):

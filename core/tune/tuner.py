@@ -332,7 +332,7 @@ class Tuner:
             return f"{name}: nothing to score ({rec['status']})"
         t0 = time.perf_counter()
         same = next((n for n, c in self.state["candidates"].items() if n in self.state["scores"] and n != name
-                     and c.get("sigmas") == rec["sigmas"]), None)
+                     and _same_levels(c.get("sigmas"), rec["sigmas"])), None)
         if same is not None:            # the same levels (polyexponential rho = 1 is log-linear): same samples
             self.state["scores"][name] = {k: list(v) for k, v in self.state["scores"][same].items()}
             return f"{name}: the same levels as {same}, its held-out scores"
@@ -387,6 +387,11 @@ class Tuner:
         return TuneResult(sched, winner, wk, wk == "heuristic", reason, best_h, self.metric, self.guard, table,
                           {"optimization": sorted(set(self.ctx.opt_seeds)), "heldout": self.heldout_seeds},
                           self.config())
+
+
+def _same_levels(a, b) -> bool:
+    """The same levels up to round-off (polyexponential with rho = 1 and loglinear differ by ~1e-16)."""
+    return a is not None and len(a) == len(b) and bool(np.allclose(a, b, rtol=1e-12, atol=0.0))
 
 
 def _jsonable(o):

@@ -254,11 +254,11 @@ OPTIMIZERS = [
            note="DM-NonUniform bound (data-free; EDM range, p = 1)"),
     Method("score_optimal", "optimizer", _run_score, applies=lambda ctx: None, min_s=_toy_or_image(1.0, 20.0),
            note="constant Stein speed"),
-    Method("gits", "optimizer", _GITS, applies=_GITS_APPLIES, min_s=_toy_or_image(1.0, 30.0),
+    Method("gits", "optimizer", _GITS, applies=_GITS_APPLIES, min_s=_toy_or_image(1.0, 15.0),
            solver_dependent=True, note="GITS (Chen et al. 2024)"),
     Method("oss", "optimizer", _OSS, applies=_OSS_APPLIES, min_s=_toy_or_image(2.0, 60.0),
            solver_dependent=True, note="Optimal Stepsize, OSS-ave (Pei et al. 2025)"),
-    Method("ld3", "optimizer", _LD3, applies=_LD3_APPLIES, min_s=_toy_or_image(3.0, 120.0),
+    Method("ld3", "optimizer", _LD3, applies=_LD3_APPLIES, min_s=_toy_or_image(3.0, 25.0),
            solver_dependent=True, note="LD3 (Tong et al. 2024), the reference's recipe, L2 loss"),
     Method("ays", "optimizer", _run_ays, applies=_interior, min_s=_toy_or_image(3.0, 60.0), solver_dependent=True,
            note="Align Your Steps, one stage, significant moves only, early stopping (toys: swd; digits: FD to "

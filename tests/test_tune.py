@@ -123,7 +123,7 @@ def test_heldout_seeds_are_disjoint_from_optimization_seeds():
 
 # (c) resume ---------------------------------------------------------------------------------------
 def _strip(res):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in res.table]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "cpu_seconds")} for r in res.table]
 
 
 RESUME = dict(methods=["nonuniform", "ays"], **SMALL)
@@ -176,3 +176,17 @@ def test_cli_json_smoke_and_resume(tmp_path, capsys):
     capsys.readouterr()
     assert main(["tune", "--toy", "ring8", "--steps", "4", "--metric", "fd", "--out", str(tmp_path / "u.json")]) == 2
     assert "fd" in capsys.readouterr().err
+
+
+def test_identical_levels_are_scored_once():
+    """polyexponential (rho = 1) and loglinear give the same levels up to 2e-15: the second is not sampled
+    again but gets the first's per-batch scores (the same noise, the same samples)."""
+    calls = []
+    t = Tuner(_model(), "dpmpp_2m", 4, methods="heuristics", table=_table(), **SMALL)
+    real = t.scorer.__call__
+    t.scorer = lambda s: calls.append(s.name) or real(s)
+    msgs = [ev.message for ev in t.events()]
+    assert "polyexponential" not in calls and "loglinear" in calls
+    assert any(m.startswith("polyexponential: the same levels as loglinear") for m in msgs)
+    assert t.state["scores"]["polyexponential"] == t.state["scores"]["loglinear"]
+    assert t.state["scores"]["karras"] != t.state["scores"]["loglinear"]

@@ -3,6 +3,9 @@
     python -m core tune --toy grid8x8 --solver dpmpp_2m --steps 10 --out tuned.json
     python -m core tune --toy moons --model mlp --solver heun --steps 5 --methods ays,nonuniform --out t.json
     python -m core tune --model digits --solver dpmpp_2m --steps 10 --budget-s 600 --out digits10.json
+    python -m core tune --model my/mlp.py:MLP --weights w.safetensors --param shape=2 ... --data points.npy \
+        --solver heun --steps 6 --out t.json                 # your own 2-D network: swd to the points
+                                                             # (--toy MIXTURE.json too: nll under it)
     python -m core tune ... --out t.json --resume            # continue a killed run from its state
     python -m core tune ... --out t.json --force             # start afresh (the old state is kept as .bak)
 
@@ -76,11 +79,13 @@ def run(a) -> int:
         if bak is not None:
             print(f"--force: the old state {state} is kept as {bak}", file=sys.stderr)
             state.unlink()
-    mc = resolve_model(a, resolve_device(a.device), "tune")
+    mc, points = _user_2d(a, resolve_device(a.device))
+    if mc is None:
+        mc = resolve_model(a, resolve_device(a.device), "tune")
     t = Tuner(mc.model, a.solver, a.steps, methods=a.methods, budget_s=a.budget_s, seed=a.seed,
               data=mc.data, metric=a.metric, state_path=state, spec=None if mc.toy else a.model, n=a.n,
               batches=a.batches, ref_steps=a.ref_steps, require_significant=not a.mean_only,
-              sigma_min=mc.sigma_min, sigma_max=mc.sigma_max)
+              sigma_min=mc.sigma_min, sigma_max=mc.sigma_max, points=points)
     res = None
     with tqdm(total=len(t.units()), desc="tune", unit="unit", disable=a.quiet or a.json, file=sys.stderr,
               dynamic_ncols=True) as bar:
@@ -98,6 +103,42 @@ def run(a) -> int:
         row.pop("per_batch", None)
     emit(summary, a.json, _text(res, out))
     return 0
+
+
+def _user_2d(a, device):
+    """--model module.py:Class of a 2-D (1-d event) network: (ModelChoice, data points or None), its data
+    the mixture given as --toy MIXTURE.json (nll, swd) and / or the points of --data (swd to them);
+    (None, None) for every other model (resolve_model handles it)."""
+    if a.model is None or a.model in ("exact", "mlp") or ":" not in a.model:
+        return None, None
+    from core.cli import parse_params
+    from core.cli.model_args import ModelChoice
+    from core.models.registry import load_model
+    from core.models.user_model import ImageData, read_points
+    model = load_model(a.model, device, weights=a.weights, params=parse_params(a.param))
+    if len(model.event_shape) != 1:
+        if a.toy is not None:
+            raise ScheduleLabError(f"--toy is a 2-D mixture; {a.model} makes samples of shape "
+                                   f"{tuple(model.event_shape)} (an image model: give --data images or nothing)")
+        return None, None
+    if a.label is not None or a.cfg is not None:
+        raise ScheduleLabError("--label / --cfg: tune on your own 2-D network is unconditional")
+    if a.toy is None and a.data is None:
+        raise ScheduleLabError(f"{a.model} is a 2-D model: give its data, --data POINTS (.npy, .npz, .csv; swd) "
+                               "and / or --toy MIXTURE.json (its exact density; nll)")
+    from toy_data import get_toy
+    mix = get_toy(a.toy) if a.toy is not None else None
+    if mix is not None and mix.dim != model.event_shape[0]:
+        raise ScheduleLabError(f"the mixture {a.toy} is {mix.dim}-D, the model's samples {model.event_shape[0]}-D")
+    pts = None
+    if a.data is not None:
+        pts = ImageData(read_points(a.data, model.event_shape), str(a.data), False)
+    print(f"data: {'the mixture ' + str(a.toy) + ' (nll)' if mix is not None else ''}"
+          f"{' and ' if mix is not None and pts is not None else ''}"
+          f"{'points ' + str(a.data) + ' (' + str(len(pts)) + ', swd)' if pts is not None else ''}", file=sys.stderr)
+    lo, hi = model.sigma_min, model.sigma_max
+    return ModelChoice(model, mix if mix is not None else pts, True, lo if a.sigma_min is None else a.sigma_min,
+                       hi if a.sigma_max is None else a.sigma_max), (pts if mix is not None else None)
 
 
 def _text(res, out) -> str:

@@ -59,7 +59,8 @@ class TuneContext:
 
     @property
     def sampler(self):
-        return self.data.sample if self.toy else self.data
+        """x0 sampler (n, generator) -> [n, *event]: a mixture's .sample, or the data (points, images)."""
+        return self.data.sample if hasattr(self.data, "sample") else self.data
 
 
 @dataclass
@@ -113,13 +114,17 @@ def _run_ays(ctx, seed, deadline):
     if ctx.toy:
         exact = hasattr(ctx.model, "mixture")            # exact mixture: Monte Carlo is cheap
         n = 4096 if exact else 1024                      # a network (toy MLP: ~20 us a row on one CPU thread)
-        kw = dict(n_samples=n, max_iters=30 if exact else 10, patience=5 if exact else 3,
-                  heldout_fn=GuardedNLL(ctx.model, ctx.data, ctx.solver, n, hs))
+        if hasattr(ctx.data, "log_prob"):
+            hf = GuardedNLL(ctx.model, ctx.data, ctx.solver, n, hs)
+        else:                                            # data points only: early stopping on swd to them
+            from core.optimizers.heldout import HeldoutMetric
+            hf = HeldoutMetric("swd", ctx.model, ctx.solver, n, hs, sampler=ctx.sampler)
+        kw = dict(n_samples=n, max_iters=30 if exact else 10, patience=5 if exact else 3, heldout_fn=hf)
     else:
         from core.cli.opt_ays import IMAGE_DEFAULTS as d
-        kw = dict(n_samples=d["samples"], max_iters=5, patience=d["patience"], chunk=d["chunk"], heldout=None)
-        if ctx.digits and not _stochastic(ctx):          # early stopping on FD to the TRAINING split
-            kw["heldout_fn"] = FDHeldout(ctx.model, d["heldout_n"], seed=hs, solver=ctx.solver)
+        kw = dict(n_samples=d["samples"], max_iters=3, patience=d["patience"], chunk=d["chunk"], heldout=None)
+        if ctx.digits and not _stochastic(ctx):          # early stopping on FD to the TRAINING split (500
+            kw["heldout_fn"] = FDHeldout(ctx.model, 500, seed=hs, solver=ctx.solver)   # images: ~9 s a check)
     opt = AYSOptimizer(ctx.model, ctx.sampler, steps=ctx.steps, stages=(ctx.steps,), sigma_min=ctx.sigma_min,
                        sigma_max=ctx.sigma_max, heldout_solver=ctx.solver, heldout_seed=hs, seed=s, **kw)
     sweeps = 0
@@ -201,8 +206,19 @@ def _run_shipped(ctx, seed, deadline):
     return s.with_name("ays_shipped")
 
 
+# Image-model settings of the trajectory optimizers in `tune` (the toys keep each optimizer's defaults, the
+# references').  Sized for `tune --model digits --steps 10` with every method in <= 10 min on 2 CPU cores:
+# the digits UNet costs ~1.7 ms of CPU per image and model call, so one held-out scoring (4 x 250 images x
+# 10 calls) is ~17 s and the defaults' OSS DP (64 samples, 200-level grid: ~9 x 190 x 64 calls) ~190 s.
+IMAGE_KW = {
+    "gits": dict(n_samples=128),                     # teacher 128 x 60 iPNDM calls (reference 256)
+    "oss": dict(n_samples=32, teacher_steps=100),    # DP ~ (n - 1) x 100 x 32 calls (reference 200-step teacher)
+    "ld3": dict(n_samples=32, rounds=3, teacher_steps=50),   # 16 train / 16 validation pairs
+}
+
+
 def _lazy(module: str, fn: str):
-    """A method that calls core.optimizers.<module>.<fn> when the module exists."""
+    """A method that calls core.optimizers.<module>.<fn> when the module exists (images: IMAGE_KW)."""
     def applies(ctx):
         try:
             importlib.import_module(f"core.optimizers.{module}")
@@ -216,9 +232,10 @@ def _lazy(module: str, fn: str):
     def run(ctx, seed, deadline):
         f = getattr(importlib.import_module(f"core.optimizers.{module}"), fn)
         opts = ctx.options.get(module, {})
+        kw = {**({} if ctx.toy else IMAGE_KW.get(module, {})), **opts}    # the caller's options win
         try:
             s = f(ctx.model, ctx.steps, ctx.solver, sigma_min=ctx.sigma_min, sigma_max=ctx.sigma_max,
-                  seed=ctx.opt_seed(seed), progress=deadline.check, **opts)
+                  seed=ctx.opt_seed(seed), progress=deadline.check, **kw)
         except TypeError as e:
             if not opts:
                 raise
@@ -245,11 +262,11 @@ OPTIMIZERS = [
            note="DM-NonUniform bound (data-free; EDM range, p = 1)"),
     Method("score_optimal", "optimizer", _run_score, applies=lambda ctx: None, min_s=_toy_or_image(1.0, 20.0),
            note="constant Stein speed"),
-    Method("gits", "optimizer", _GITS, applies=_GITS_APPLIES, min_s=_toy_or_image(1.0, 30.0),
+    Method("gits", "optimizer", _GITS, applies=_GITS_APPLIES, min_s=_toy_or_image(1.0, 15.0),
            solver_dependent=True, note="GITS (Chen et al. 2024)"),
     Method("oss", "optimizer", _OSS, applies=_OSS_APPLIES, min_s=_toy_or_image(2.0, 60.0),
            solver_dependent=True, note="Optimal Stepsize, OSS-ave (Pei et al. 2025)"),
-    Method("ld3", "optimizer", _LD3, applies=_LD3_APPLIES, min_s=_toy_or_image(3.0, 120.0),
+    Method("ld3", "optimizer", _LD3, applies=_LD3_APPLIES, min_s=_toy_or_image(3.0, 25.0),
            solver_dependent=True, note="LD3 (Tong et al. 2024), the reference's recipe, L2 loss"),
     Method("ays", "optimizer", _run_ays, applies=_interior, min_s=_toy_or_image(3.0, 60.0), solver_dependent=True,
            note="Align Your Steps, one stage, significant moves only, early stopping (toys: swd; digits: FD to "

@@ -10,8 +10,9 @@ One number per batch and metric (lower is better):
           many-step Heun solution of the same ODE from the same z (core.compare)
     fd    models with the digits metrics: Frechet distance of the batch's classifier features to
           the HELD-OUT (test) split (core.metrics.images)
-    swd   toys: sliced Wasserstein-2 to n fresh data samples drawn for the batch (seed_b + 10_000,
-          the same for every candidate); a collapsed or mode-dropping sample cannot win it
+    swd   2-D models: sliced Wasserstein-2 to n fresh data samples drawn for the batch (seed_b + 10_000,
+          the same for every candidate): from the mixture, or n of the user's data points; a
+          collapsed or mode-dropping sample cannot win it
 
 Statistics over the B batches (B >= 2): mean +- the 95 % Student-t half-width, and for each
 candidate the PAIRED difference to the best heuristic, d_b = m_b(candidate) - m_b(best heuristic),
@@ -113,7 +114,8 @@ class HeldoutScorer:
     """schedule -> {metric: [value per held-out batch]} for one model and solver.
 
     Args:
-        model: the Denoiser; mixture: the exact GaussianMixture (nll) or None.
+        model: the Denoiser; mixture: the exact GaussianMixture (nll) or None; points: data points
+            (core.models.user_model.ImageData, [M, d]) swd compares with instead of mixture samples.
         solver: solver name; metrics: names from METRICS to measure.
         seeds: one held-out noise seed per batch; n: samples per batch.
         ref_steps: Heun steps of the reference ("ref"); image: an image model (fd features, chunked
@@ -121,20 +123,22 @@ class HeldoutScorer:
     """
 
     def __init__(self, model, solver: str, metrics, seeds, n: int, mixture=None, ref_steps: int = 500,
-                 image: bool = False, refs: dict | None = None):
+                 image: bool = False, refs: dict | None = None, points=None):
         from core.optimizers.heldout import sampling_model
         self.spec = get_solver(solver)
         bad = [m for m in metrics if m not in METRICS]
         if bad:
             raise ScheduleLabError(f"unknown tune metric {bad[0]!r}; choose from {', '.join(METRICS)}")
-        if ("nll" in metrics or "swd" in metrics) and mixture is None:
-            raise ScheduleLabError("metrics 'nll' and 'swd' need the exact data mixture (a toy); use 'ref' or 'fd'")
+        if "nll" in metrics and mixture is None:
+            raise ScheduleLabError("metric 'nll' needs the exact data mixture (a toy); use 'swd', 'ref' or 'fd'")
+        if "swd" in metrics and mixture is None and points is None:
+            raise ScheduleLabError("metric 'swd' needs the data: the mixture or data points; use 'ref' or 'fd'")
         if "ref" in metrics and self.spec.stochastic:
             raise ScheduleLabError(f"metric 'ref' (distance to the ODE reference from the same noise) needs a "
                                    f"deterministic solver; {solver!r} is stochastic: use nll (toys) or fd (digits)")
         if not isinstance(n, int) or n < 2:
             raise ScheduleLabError(f"held-out samples per batch must be an integer >= 2; got {n!r}")
-        self.model, self.mixture, self.metrics = model, mixture, tuple(metrics)
+        self.model, self.mixture, self.points, self.metrics = model, mixture, points, tuple(metrics)
         self.seeds, self.n, self.ref_steps, self.image = [int(s) for s in seeds], n, int(ref_steps), image
         self._fast = model if image else sampling_model(model)
         self._refs = {} if refs is None else refs      # may be shared between scorers of one model
@@ -164,6 +168,17 @@ class HeldoutScorer:
         """The batch's initial state x = sigma_max z (what every candidate starts from)."""
         return initial_noise(self._fast, self.n, sigma_max, seed)
 
+    def swd_data(self, seed: int) -> torch.Tensor:
+        """The batch's data for swd (the same for every candidate): n fresh mixture samples, or n of the
+        data points drawn without replacement (with, when there are fewer than n), seed_b + 10_000."""
+        g = torch.Generator().manual_seed(seed + 10_000)
+        if self.points is None:
+            return self.mixture.sample(self.n, g).double().cpu()
+        pts = self.points.images
+        m = pts.shape[0]
+        idx = torch.randperm(m, generator=g)[:self.n] if m >= self.n else torch.randint(m, (self.n,), generator=g)
+        return pts[idx].double().cpu()
+
     def __call__(self, schedule) -> dict:
         out = {m: [] for m in self.metrics}
         for seed in self.seeds:
@@ -178,7 +193,7 @@ class HeldoutScorer:
             v = float(-self.mixture.log_prob(x.to(self.mixture.means.device)).mean())
         elif m == "swd":
             from core.metrics.toy import sliced_wasserstein
-            data = self.mixture.sample(self.n, torch.Generator().manual_seed(seed + 10_000)).double().cpu()
+            data = self.swd_data(seed)
             v = sliced_wasserstein(x, data, seed=seed)
         elif m == "ref":
             ref = self.reference(seed, schedule.sigma_max)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from core.errors import ScheduleLabError
 from core.readers import strict_json
@@ -90,6 +91,30 @@ def _is_mixture(model) -> bool:
     return hasattr(model, "mixture")
 
 
+def _points_data(data, points):
+    """2-D models: (data, points) with data the mixture or the points sampler the optimizers draw x0 from
+    and points the sampler swd compares with (None: the mixture's own samples).  Data points may come as
+    data= or points= (an [M, 2] tensor / array, or ImageData from --data)."""
+    from core.models.user_model import ImageData
+    if points is not None and not isinstance(points, ImageData):
+        points = ImageData(torch.as_tensor(np.asarray(points), dtype=torch.float32), "points", False)
+    if data is not None and not hasattr(data, "log_prob"):
+        if points is not None:
+            raise ScheduleLabError("give the data points once (data= or points=), and a mixture as data= for nll")
+        if not isinstance(data, ImageData):
+            data = ImageData(torch.as_tensor(np.asarray(data), dtype=torch.float32), "points", False)
+        data, points = data, data
+    if data is None and points is not None:
+        data = points
+    if data is None:
+        raise ScheduleLabError("tune on a 2-D model needs its data: the Gaussian mixture (nll; data=get_toy(name), "
+                               "GaussianMixture.from_json(FILE), --toy MIXTURE.json) and/or data points (swd; "
+                               "points=[M, 2] array, --data POINTS.npy|.csv)")
+    if points is not None and (points.images.ndim != 2 or points.images.shape[0] < 2):
+        raise ScheduleLabError(f"data points must be [M >= 2, d]; got {tuple(points.images.shape)}")
+    return data, points
+
+
 class Tuner:
     """Args:
         model: any Denoiser (exact mixture, toy MLP, image model).
@@ -98,8 +123,10 @@ class Tuner:
         budget_s: wall-clock budget in seconds, or None.
         seed: first optimization seed; heldout_seeds: one seed per held-out batch (default: `batches`
             seeds from 1_000_000 + 1000 seed); n: samples per batch.
-        data: toys: the GaussianMixture (default model.mixture); images: an x0 sampler (ImageData).
-        metric: "auto" (toys nll guarded by swd, digits fd, else ref) | "nll" | "ref" | "fd" | "swd".
+        data: 2-D models: the GaussianMixture (default model.mixture) or data points; images: an x0
+            sampler (ImageData).  points: 2-D data points [M, 2] (or ImageData) swd compares with.
+        metric: "auto" (2-D: nll guarded by swd with a mixture, swd with points only; digits fd, else
+            ref) | "nll" | "ref" | "fd" | "swd".
         spec: the model's --model string (for a shipped AYS schedule; digits metrics).
         state_path: JSON state written after every unit (resumed when it exists and matches).
         require_significant: an optimizer wins only when the paired 95 % interval is below 0.
@@ -114,7 +141,7 @@ class Tuner:
                  spec: str | None = None, n: int | None = None, batches: int | None = None,
                  ref_steps: int | None = None, require_significant: bool = True, table: dict | None = None,
                  sigma_min: float | None = None, sigma_max: float | None = None, cache: dict | None = None,
-                 refs: dict | None = None, method_options: dict | None = None):
+                 refs: dict | None = None, method_options: dict | None = None, points=None):
         spec_s = get_solver(solver)
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
             raise ScheduleLabError(f"tune needs an integer steps >= 2; got {steps!r}")
@@ -123,10 +150,10 @@ class Tuner:
         if data is None and _is_mixture(model):
             data = model.mixture
         toy = len(getattr(model, "event_shape", (2,))) == 1
-        if toy and (data is None or not hasattr(data, "log_prob")):
-            raise ScheduleLabError("tune on a 2-D model needs its data as a Gaussian mixture (data=get_toy(name) or "
-                                   "GaussianMixture.from_json(FILE)) for nll, swd and the optimizers; from the "
-                                   "command line only the toys (--toy NAME|FILE.json --model exact|mlp) are supported")
+        if toy:
+            data, points = _points_data(data, points)
+        elif points is not None:
+            raise ScheduleLabError("points= (data points for swd) are for 2-D models; an image model takes data=")
         digits = False
         if not toy:
             from core.models.registry import model_entry
@@ -148,7 +175,8 @@ class Tuner:
         if len(self.heldout_seeds) < 2 or len(set(self.heldout_seeds)) != len(self.heldout_seeds):
             raise ScheduleLabError(f"tune needs >= 2 distinct held-out seeds for confidence intervals; "
                                    f"got {self.heldout_seeds}")
-        self.metric, self.guard, secondary = self._metrics(metric, toy, digits, spec_s.stochastic)
+        exact = toy and hasattr(data, "log_prob")           # a mixture: nll; data points only: swd
+        self.metric, self.guard, secondary = self._metrics(metric, toy, digits, spec_s.stochastic, exact)
         self.seed, self.solver, self.steps, self.budget_s = int(seed), spec_s.name, steps, budget_s
         self.require_significant = bool(require_significant)
         smin = float(sigma_min if sigma_min is not None else getattr(model, "sigma_min", 0.002))
@@ -162,7 +190,8 @@ class Tuner:
         self.table = table if table is not None else default_table()
         self.names = select(self.table, methods)
         self.scorer = HeldoutScorer(model, self.solver, [self.metric] + secondary, self.heldout_seeds, self.n,
-                                    data if toy else None, self.ref_steps, image=not toy, refs=refs)
+                                    data if exact else None, self.ref_steps, image=not toy, refs=refs,
+                                    points=points if toy else None)
         self.state_path = Path(state_path) if state_path is not None else None
         self.cache = cache
         self.state = self._fresh()
@@ -171,16 +200,19 @@ class Tuner:
 
     # ---- configuration --------------------------------------------------------------------------
     @staticmethod
-    def _metrics(metric, toy, digits, stochastic):
-        """(primary, guard, [secondary metrics measured too])."""
+    def _metrics(metric, toy, digits, stochastic, exact=True):
+        """(primary, guard, [secondary metrics measured too]); exact: a 2-D model with its mixture."""
         if metric == "auto":
-            metric = "nll" if toy else ("fd" if digits else "ref")
+            metric = ("nll" if exact else "swd") if toy else ("fd" if digits else "ref")
         if metric not in ("nll", "ref", "fd", "swd"):
             raise ScheduleLabError(f"unknown tune metric {metric!r}; choose auto, nll, ref, fd or swd")
         if metric == "fd" and not digits:
             raise ScheduleLabError("metric 'fd' needs a model with the digits classifier metrics (digits)")
         if metric in ("nll", "swd") and not toy:
-            raise ScheduleLabError(f"metric {metric!r} needs a 2-D toy with its exact mixture")
+            raise ScheduleLabError(f"metric {metric!r} needs a 2-D model with its data (a mixture or points)")
+        if metric == "nll" and not exact:
+            raise ScheduleLabError("metric 'nll' needs the data's exact density: give the Gaussian mixture "
+                                   "(--toy MIXTURE.json); with data points only, use swd")
         secondary = [m for m in (["swd"] if toy else []) + ([] if stochastic else ["ref"]) if m != metric]
         return metric, ("swd" if metric == "nll" else None), secondary
 
@@ -273,7 +305,7 @@ class Tuner:
                    json.dumps(self.method_options.get(name), sort_keys=True))
             if key in self.cache:
                 return dict(self.cache[key])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             s = m.run(self.ctx, self.seed, deadline)
         except OverBudget:
@@ -281,8 +313,8 @@ class Tuner:
                     "reason": f"over its budget share of {share:.1f} s"}
         except ScheduleLabError as e:
             return {**rec, "status": "failed", "seconds": time.perf_counter() - t0, "reason": str(e)}
-        out = {**rec, "status": "ok", "seconds": time.perf_counter() - t0, "reason": "", "sigmas": list(s.sigmas),
-               "params": _jsonable(s.params)}
+        out = {**rec, "status": "ok", "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+               "reason": "", "sigmas": list(s.sigmas), "params": _jsonable(s.params)}
         if key is not None:
             self.cache[key] = dict(out)
         return out
@@ -307,6 +339,11 @@ class Tuner:
         if rec.get("sigmas") is None:
             return f"{name}: nothing to score ({rec['status']})"
         t0 = time.perf_counter()
+        same = next((n for n, c in self.state["candidates"].items() if n in self.state["scores"] and n != name
+                     and _same_levels(c.get("sigmas"), rec["sigmas"])), None)
+        if same is not None:            # the same levels (polyexponential rho = 1 is log-linear): same samples
+            self.state["scores"][name] = {k: list(v) for k, v in self.state["scores"][same].items()}
+            return f"{name}: the same levels as {same}, its held-out scores"
         self.state["scores"][name] = self.scorer(Schedule(tuple(rec["sigmas"]), name=name))
         dt = time.perf_counter() - t0
         self.state["score_s"].append(dt)
@@ -323,6 +360,7 @@ class Tuner:
         for n in self.names:
             c = st["candidates"].get(n, {"kind": self.table[n].kind, "status": "not run", "reason": "", "seconds": 0.0})
             row = {"name": n, "kind": c["kind"], "status": c["status"], "seconds": c.get("seconds", 0.0),
+                   "cpu_seconds": c.get("cpu_seconds"),
                    "reason": c.get("reason", ""), "sigmas": c.get("sigmas")}
             if n in rows:
                 r = rows[n]
@@ -357,6 +395,11 @@ class Tuner:
         return TuneResult(sched, winner, wk, wk == "heuristic", reason, best_h, self.metric, self.guard, table,
                           {"optimization": sorted(set(self.ctx.opt_seeds)), "heldout": self.heldout_seeds},
                           self.config())
+
+
+def _same_levels(a, b) -> bool:
+    """The same levels up to round-off (polyexponential with rho = 1 and loglinear differ by ~1e-16)."""
+    return a is not None and len(a) == len(b) and bool(np.allclose(a, b, rtol=1e-12, atol=0.0))
 
 
 def _jsonable(o):

@@ -107,6 +107,8 @@ def _no_errors(page, where):
 
 # widget labels wrapped over more than one line, and inputs / selectboxes whose value is cut ("dpı" for
 # dpmpp_2m, "200" for 2000): the layout check at 1024 and 1280 px on the pages listed here
+# the first plotly chart's HTML differs from b (a chart being redrawn may be absent for a moment)
+FIRST_PLOT_CHANGED = "(b) => { const e = document.querySelector('.js-plotly-plot'); return e !== null && e.innerHTML !== b; }"
 LAYOUT_PAGES = ("", "error_curves", "optimizer", "tune", "images", "schedules")
 LAYOUT_JS = """() => {
   const main = document.querySelector('[data-testid="stMain"]'), out = [];
@@ -179,7 +181,7 @@ def test_every_page_renders_without_errors(server, browser, tmp_path):
     page.get_by_label("Toy distribution").click()      # selectbox: type the option and pick it
     page.get_by_role("option", name="gaussian").click()
     _settle(page)
-    page.wait_for_function("(b) => document.querySelector('.js-plotly-plot').innerHTML !== b", arg=before,
+    page.wait_for_function(FIRST_PLOT_CHANGED, arg=before,
                            timeout=120_000)
     _no_errors(page, "playground after changing the toy")
     page.screenshot(path=str(tmp_path / "playground_gaussian.png"), full_page=True)
@@ -194,7 +196,7 @@ def test_optimizer_start_changes_the_plot(server, browser, tmp_path):
     page.locator(".st-key-opt_start button").first.click()     # keyed widgets carry a st-key-KEY class
     page.wait_for_selector(".js-plotly-plot", timeout=120_000)
     first = page.locator(".js-plotly-plot").first.inner_html()
-    page.wait_for_function("(b) => document.querySelector('.js-plotly-plot').innerHTML !== b", arg=first,
+    page.wait_for_function(FIRST_PLOT_CHANGED, arg=first,
                            timeout=120_000)                 # the fragment's refresh redraws it
     _no_errors(page, "optimizer")
     page.screenshot(path=str(tmp_path / "optimizer_running.png"), full_page=True)
@@ -320,7 +322,8 @@ def test_schedule_editor_point_pick_and_nudge(server, browser, tmp_path):
     before = chart.first.inner_html()
     page.locator(".st-key-se_up button").first.click()
     _settle(page)
-    page.wait_for_function("(b) => document.querySelector('.st-key-se_fig .js-plotly-plot').innerHTML !== b",
+    page.wait_for_function("(b) => { const e = document.querySelector('.st-key-se_fig .js-plotly-plot'); "
+                           "return e !== null && e.innerHTML !== b; }",
                            arg=before, timeout=60_000)
     _no_errors(page, "schedule editor after a nudge")
     page.screenshot(path=str(tmp_path / "schedule_editor.png"), full_page=True)

@@ -357,3 +357,19 @@ def fit_warnings(schedules: dict, model, solver: str | None = None) -> list:
 
 def solver_options() -> tuple:
     return solver_names()
+
+
+def guidance_widgets(cols, n_classes: int, label_key: str, cfg_key: str, over: str = "samples",
+                     cfg_help: str = "D = D_uncond + w (D_cond - D_uncond): 2 model calls per evaluation unless w = 1") -> tuple:
+    """A class-label picker and a guidance scale in cols[0], cols[1] for a conditional model with
+    `n_classes` classes; a label the model does not have falls back to "none". Returns (label, w)."""
+    ss = st.session_state
+    labels = ["none", "all"] + [str(c) for c in range(int(n_classes))]
+    if ss[label_key] not in labels:
+        ss[label_key] = "none"
+    cols[0].selectbox("Class label", labels, key=label_key,
+                      help=f"none: the unconditional model; all: labels 0, 1, 2, ... cycled over the {over}")
+    cols[1].number_input("Guidance scale w", 0.0, 20.0, step=0.5, key=cfg_key, disabled=ss[label_key] == "none",
+                         help=cfg_help)
+    return ss[label_key], ss[cfg_key]
+

@@ -6,7 +6,7 @@ import streamlit as st
 
 from app_lib import engine, plots
 from app_lib.optional import NOT_AVAILABLE, optional
-from app_lib.state import build_schedule, init_widgets, option_label, schedule_options, settings
+from app_lib.state import build_schedule, guidance_widgets, init_widgets, option_label, schedule_options, settings
 from app_lib.tables import metric_table
 from core.errors import ScheduleLabError
 from core.solvers import get_solver, solver_names
@@ -77,15 +77,9 @@ except ScheduleLabError as e:
     top[0].error(str(e))
     st.stop()
 if n_classes:
-    g = sub[2:]
-    labels = ["none", "all"] + [str(c) for c in range(n_classes)]
-    if ss.im_label not in labels:
-        ss.im_label = "none"
-    g[0].selectbox("Class label", labels, key="im_label",
-                   help="none: the unconditional model; all: labels 0, 1, 2, ... cycled over the images")
-    g[1].number_input("Guidance scale w", 0.0, 20.0, step=0.5, key="im_cfg", disabled=ss.im_label == "none",
-                      help="classifier-free guidance D = D_uncond + w (D_cond - D_uncond): 2 model calls per "
-                           "evaluation (NFE counts both) unless w = 1")
+    guidance_widgets(sub[2:], n_classes, "im_label", "im_cfg", over="images",
+                     cfg_help="classifier-free guidance D = D_uncond + w (D_cond - D_uncond): 2 model calls per "
+                              "evaluation (NFE counts both) unless w = 1")
     model_id = engine.guided_model_id(model_id, ss.im_label, ss.im_cfg)
 
 try:

@@ -8,7 +8,7 @@ import streamlit as st
 
 from app_lib import plots, tune_plots
 from app_lib import tune_view as tv
-from app_lib.state import add_to_library, init_widgets, settings, toy_density
+from app_lib.state import add_to_library, guidance_widgets, init_widgets, settings, toy_density
 from core.errors import ScheduleLabError
 from core.schedules import TABLES
 from core.schedules.io import provenance
@@ -80,14 +80,7 @@ if problem:
 try:
     n_cls = tv.num_classes(ms)
     if n_cls:
-        g = st.columns([2, 2, 3])
-        labels = ["none", "all"] + [str(i) for i in range(n_cls)]
-        if ss.tp_label not in labels:
-            ss.tp_label = "none"
-        g[0].selectbox("Class label", labels, key="tp_label",
-                       help="none: the unconditional model; all: labels 0, 1, 2, ... cycled over the samples")
-        g[1].number_input("Guidance scale w", 0.0, 20.0, step=0.5, key="tp_cfg", disabled=ss.tp_label == "none",
-                          help="D = D_uncond + w (D_cond - D_uncond): 2 model calls per evaluation unless w = 1")
+        guidance_widgets(st.columns([2, 2, 3]), n_cls, "tp_label", "tp_cfg")
         ms.update(label=ss.tp_label, cfg=float(ss.tp_cfg) if ss.tp_label != "none" else 1.0)
     tm = tv.tune_model(ms)
 except ScheduleLabError as e:

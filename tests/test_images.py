@@ -117,6 +117,7 @@ def test_training_script_is_reproducible_and_writes_a_loadable_checkpoint(tmp_pa
     a = train_digits(tmp_path / "a.safetensors", **kw)
     b = train_digits(tmp_path / "b.safetensors", **kw)
     assert a["steps"] == 4 and a["finished"] and [r[0] for r in a["loss_curve"]] == [2, 4]
+    assert (a["max_steps"], a["budget_minutes"]) == (4, None)          # the caps, for the card's command
     ma, mb = load_model(str(tmp_path / "a.safetensors")), load_model(str(tmp_path / "b.safetensors"))
     assert ma.net.config["channels"] == [8, 16]
     for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
@@ -125,6 +126,17 @@ def test_training_script_is_reproducible_and_writes_a_loadable_checkpoint(tmp_pa
     assert ma(x, 1.0).shape == x.shape
     with pytest.raises(ScheduleLabError):
         train_digits(tmp_path / "c.safetensors", steps=2, learning_rate=1.0)
+
+
+def test_flow_card_names_the_command_and_the_contention_from_the_record():
+    from core.train.flow_card import _command, _contention
+    rec = {"steps": 4100, "max_steps": 5000, "budget_minutes": 44, "threads": 1, "finished": True}
+    assert _command(rec) == "python -m core train-images digits-flow --steps 5000 --minutes 44 --threads 1"
+    assert "budget" in _contention(rec, 0.95) and "to itself" in _contention(rec, 0.95)
+    assert "shared" in _contention(rec, 0.3)
+    old = {"steps": 1574, "threads": 1, "finished": True}                # a record from before the caps
+    assert _command(old) == "python -m core train-images digits-flow --steps 1574 --threads 1"
+    assert "step cap" in _contention(old, 0.9) and "budget" not in _contention(old, 0.9)
 
 
 def test_to_uint8_and_save_grid(tmp_path):
@@ -222,3 +234,20 @@ def test_cli_images_with_a_module_spec(tmp_path, monkeypatch, capsys):
     assert r["nfe"] == 3 and r["fd"] is None and r["confidence"] is None      # digit metrics: digits only
     assert r["ref_error"] < 1e-6                                              # D = 0: both samples are 0
     assert Image.open(out).size == (4 * (2 * 5 + 1),) * 2
+
+
+@pytest.mark.parametrize("name", ["digits", "digits-flow"])
+def test_train_images_cli_trains_each_model_to_its_out_with_its_caps(tmp_path, name, capsys):
+    import json
+
+    from core.cli import main
+    from core.models.checkpoints import read_metadata
+    out = tmp_path / f"{name}.safetensors"
+    assert main(["train-images", name, "--steps", "2", "--batch", "4", "--out", str(out), "--json",
+                 "--threads", "1"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["path"] == str(out) and rec["steps"] == 2 and "loss_curve" not in rec
+    tr = read_metadata(out)["training"]
+    assert tr["max_steps"] == 2 and tr["options"]["batch"] == 4
+    assert main(["train-images", "digitz", "--steps", "1"]) != 0
+    assert "unknown image model 'digitz'" in capsys.readouterr().err

@@ -137,8 +137,6 @@ def register_images(sub):
 def _train_images(a):
     import torch
 
-    from core.models.digits import DIGITS_CHECKPOINT
-    from core.train.images import train_digits
     if a.name not in IMAGE_MODELS:
         raise unknown_name("image model", a.name, IMAGE_MODELS)
     if a.threads is not None:
@@ -154,40 +152,35 @@ def _train_images(a):
         elif not (a.quiet or a.json):
             print(f"step {r['step']:6d}  loss {r['loss']:.4f}  lr {r['lr']:.2e}  {r['seconds']:7.0f} s",
                   file=sys.stderr, flush=True)
-    if a.card_only and a.name == "digits-flow":
-        from core.train.flow_card import write_flow_card
-        card = write_flow_card()
-        emit({"card": str(card)}, a.json, f"wrote {card}")
-        return 0
-    if a.card_only:
-        from core.train.images import write_card
-        card = write_card()
-        emit({"card": str(card)}, a.json, f"wrote {card}")
-        return 0
-    if a.name == "classifier":
+    if a.name == "classifier" and not a.card_only:        # its card is the digits card
         from core.train.images import train_classifier
         rec = train_classifier(a.out, seed=a.seed, progress=progress)
         emit(rec, a.json, f"held-out accuracy {rec['held_out_accuracy']:.4f} -> {rec['path']}")
         return 0
-    if a.name == "digits-flow":
-        from core.models.digits_flow import FLOW_CHECKPOINT
-        from core.train.flow import train_digits_flow
-        rec = train_digits_flow(a.out or FLOW_CHECKPOINT, steps=a.steps, minutes=a.minutes, seed=a.seed,
-                                progress=progress, **over)
-        rec.pop("loss_curve")
-        if a.card:
-            from core.train.flow_card import write_flow_card
-            rec["card"] = str(write_flow_card())
-        emit(rec, a.json, f"{rec['steps']} steps in {rec['seconds']} s -> {rec['path']}")
+    train, default_out, write = _image_trainer(a.name)
+    if a.card_only:
+        card = write()
+        emit({"card": str(card)}, a.json, f"wrote {card}")
         return 0
-    rec = train_digits(a.out or DIGITS_CHECKPOINT, steps=a.steps, minutes=a.minutes, seed=a.seed,
-                       progress=progress, **over)
+    rec = train(a.out or default_out, steps=a.steps, minutes=a.minutes, seed=a.seed, progress=progress, **over)
     rec.pop("loss_curve")
     if a.card:
-        from core.train.images import write_card
-        rec["card"] = str(write_card())
+        rec["card"] = str(write())
     emit(rec, a.json, f"{rec['steps']} steps in {rec['seconds']} s -> {rec['path']}")
     return 0
+
+
+def _image_trainer(name: str):
+    """(train function, default checkpoint, card writer) of digits or digits-flow (the classifier's card
+    is the digits card)."""
+    if name == "digits-flow":
+        from core.models.digits_flow import FLOW_CHECKPOINT
+        from core.train.flow import train_digits_flow
+        from core.train.flow_card import write_flow_card
+        return train_digits_flow, FLOW_CHECKPOINT, write_flow_card
+    from core.models.digits import DIGITS_CHECKPOINT
+    from core.train.images import train_digits, write_card
+    return train_digits, DIGITS_CHECKPOINT, write_card
 
 
 def register(sub):

@@ -139,17 +139,19 @@ def fit(model, batch_loss: Callable[[int], torch.Tensor], out: Path, cfg: dict, 
                 progress(rec)
         if time.perf_counter() - last_save > save_every_s:
             _save(ema, out, cfg, seed, step, time.perf_counter() - t0, time.process_time() - c0, curve,
-                  partial=True)
+                  partial=True, asked=(steps, minutes))
             last_save = time.perf_counter()
     seconds = time.perf_counter() - t0
-    return _save(ema, out, cfg, seed, step, seconds, time.process_time() - c0, curve, partial=False)
+    return _save(ema, out, cfg, seed, step, seconds, time.process_time() - c0, curve, partial=False,
+                 asked=(steps, minutes))
 
 
 def _save(ema, out: Path, cfg: dict, seed: int, step: int, seconds: float,
-          cpu_seconds: float, curve: list, partial: bool) -> dict:
+          cpu_seconds: float, curve: list, partial: bool, asked=(None, None)) -> dict:
     """Atomically write the EMA weights with their config and training record (`seconds` is
-    wall time, `cpu_seconds` the process CPU time: on a shared machine the latter measures cost)."""
-    record = {"steps": step, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
+    wall time, `cpu_seconds` the process CPU time: on a shared machine the latter measures cost;
+    `asked`: the run's --steps and --minutes caps, so a card can name the command)."""
+    record = {"steps": step, "max_steps": asked[0], "budget_minutes": asked[1], "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
               "seconds_per_step": round(seconds / max(step, 1), 4), "seed": seed,
               "threads": torch.get_num_threads(), "finished": not partial,
               "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},

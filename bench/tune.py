@@ -91,7 +91,7 @@ def run(args):
                 per = {r["name"]: r for r in res.table}
                 bh, win = per[res.best_heuristic], per[res.winner]
                 runs.append({"model": label, "solver": solver, "NFE": nfe, "steps": steps, "calls": sv.nfe(steps),
-                             "metric": m, "methods": "all" if nfe in nfes else "heuristics",
+                             "metric": m, "methods": methods,
                              "best heuristic": f"{res.best_heuristic} {fmt(bh.get(m), bh.get(m + '_ci'))}",
                              "winner": res.winner, "winner value": fmt(win.get(m), win.get(m + "_ci")),
                              "diff": fmt(win.get("diff"), win.get("diff_ci")),
@@ -209,6 +209,36 @@ def one_and_a_half(rows, label, solver):
     return out
 
 
+def merge_cells(runs, rows):
+    """Runs and method rows of several result files, one per cell: a method row measured later replaces
+    an earlier one of the same model, solver, NFE and method unless it was not run; a cell's run summary
+    is the one with the most methods, its "units not run" recounted from the merged rows.  A method
+    that beats the best heuristic (same heuristics, same noise) with a lower value than the kept
+    summary's winner is an error: that cell must be rerun whole."""
+    key = lambda r: (r["model"], r["solver"], r["NFE"])  # noqa: E731
+    by = {}
+    for r in rows:
+        k = (*key(r), r["method"])
+        if k not in by or r["status"] != "not run":
+            by[k] = r
+    out_rows = list(by.values())
+    kept = {}
+    for r in runs:
+        full = r.get("methods", "all") == "all"
+        if key(r) not in kept or (full and kept[key(r)].get("methods", "all") != "all"):
+            kept[key(r)] = r
+    for k, r in kept.items():
+        cell = [m for m in out_rows if key(m) == k]
+        missing = [m["method"] for m in cell if m["status"] == "not run"]
+        r["units not run"] = ", ".join(missing) or "-"
+        win = next((m["value"] for m in cell if m["method"] == r["winner"]), None)
+        late = [m["method"] for m in cell if m.get("wins") and win is not None and m["value"] < win]
+        if late:
+            raise SystemExit(f"{k}: {late} beat the best heuristic in a later part, the summary names "
+                             f"{r['winner']}: rerun the cell whole")
+    return list(kept.values()), out_rows
+
+
 def _save(args, runs, rows, match):
     if args.part:
         return                                     # a part writes only its state (run_part)
@@ -271,14 +301,13 @@ def main(argv=None):
     if args.quick:
         args.n, args.batches, args.solvers, args.nfe = 1024, 3, "dpmpp_2m", "6,10"
     if args.merge:
-        runs, rows, match, settings = [], [], [], []
+        runs, rows, settings = [], [], []
         for name in args.merge.split(","):
             d = json.loads((Path(__file__).parent / "results" / f"{name}.json").read_text())
-            runs, rows, match = runs + d["runs"], rows + d["methods"], match + d["steps_to_match"]
+            runs, rows = runs + d["runs"], rows + d["methods"]
             settings += d["settings"] if isinstance(d["settings"], list) else [d["settings"]]
-        have = {(m["model"], m["solver"]) for m in match}
-        for g in sorted({(r["model"], r["solver"]) for r in rows} - have):   # runs split by NFE: match them now
-            match += steps_to_match(rows, *g)
+        runs, rows = merge_cells(runs, rows)
+        match = [m for g in sorted({(r["model"], r["solver"]) for r in rows}) for m in steps_to_match(rows, *g)]
         write(args.out, {"settings": settings, "merged_from": args.merge.split(","), "runs": runs, "methods": rows,
                          "steps_to_match": match,
                          "one_and_a_half": [o for g in sorted({(r["model"], r["solver"]) for r in rows})

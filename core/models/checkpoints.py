@@ -70,6 +70,19 @@ def state_dict_mismatch(e: Exception, limit: int = 1200) -> str:
     return text if len(text) <= limit else text[:limit] + f" ... ({len(text) - limit} more characters)"
 
 
+def rebuild(path, build, what: str, train: str, device="cpu") -> torch.nn.Module:
+    """The module `build(header)` makes from `path`'s safetensors header, with `path`'s weights, in
+    eval mode without gradients on `device`.  A header/weights mismatch names the keys, what the file
+    claims to be (`what`) and the command that re-trains it (`train`)."""
+    try:
+        m = build(read_metadata(path))
+        m.load_state_dict(load_state_dict(path))
+    except (RuntimeError, TypeError, KeyError) as e:
+        raise ScheduleLabError(f"checkpoint {path} does not match the {what} it describes: "
+                               f"{state_dict_mismatch(e)}; re-train it with `{train}`") from None
+    return m.to(device).eval().requires_grad_(False)
+
+
 def _check_file(path) -> Path:
     p = Path(path)
     if p.is_file() and p.stat().st_size == 0:

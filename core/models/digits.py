@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from core.errors import ScheduleLabError
 from core.models.base import Denoiser, EDMPrecond
-from core.models.checkpoints import CHECKPOINTS, load_state_dict, read_metadata, state_dict_mismatch
+from core.models.checkpoints import CHECKPOINTS, read_metadata, rebuild
 from core.models.unet import UNet
 
 DIGITS_DIR = CHECKPOINTS / "digits"
@@ -51,17 +50,10 @@ def load_unet_checkpoint(path, device="cpu", name: str | None = None) -> UNetDen
     if "net" not in cfg:
         raise ScheduleLabError(f"{path} has no UNet config in its header; it was not written by "
                                "`python -m core train-images`")
-    try:
-        net = UNet(**cfg["net"])
-        m = UNetDenoiser(net, size=cfg.get("size", 16), sigma_data=cfg.get("sigma_data", 0.5),
-                         name=name or cfg.get("name", path.stem), sigma_min=cfg.get("sigma_min", 0.002),
-                         sigma_max=cfg.get("sigma_max", 80.0))
-        m.load_state_dict(load_state_dict(path))
-    except (RuntimeError, TypeError, KeyError) as e:
-        raise ScheduleLabError(f"checkpoint {path} does not match the UNet it describes: "
-                               f"{state_dict_mismatch(e)}; re-train it with "
-                               "`python -m core train-images digits`") from None
-    return m.to(device).eval().requires_grad_(False)
+    return rebuild(path, lambda c: UNetDenoiser(
+        UNet(**c["net"]), size=c.get("size", 16), sigma_data=c.get("sigma_data", 0.5),
+        name=name or c.get("name", path.stem), sigma_min=c.get("sigma_min", 0.002),
+        sigma_max=c.get("sigma_max", 80.0)), "UNet", "python -m core train-images digits", device)
 
 
 def load_digits_model(device="cpu") -> UNetDenoiser:

@@ -21,7 +21,7 @@ import torch
 
 from core.errors import ScheduleLabError
 from core.models.base import bcast
-from core.models.checkpoints import CHECKPOINTS, load_state_dict, read_metadata, state_dict_mismatch
+from core.models.checkpoints import CHECKPOINTS, read_metadata, rebuild
 from core.models.guidance import ConditionalDenoiser
 from core.models.unet import UNet
 from core.processes import FlowMatching
@@ -80,15 +80,10 @@ def load_flow_checkpoint(path, device="cpu", name: str | None = None) -> FlowUNe
     if cfg.get("kind") != "flow-velocity" or "net" not in cfg:
         raise ScheduleLabError(f"{path} is not a flow checkpoint written by `python -m core train-images "
                                "digits-flow`")
-    try:
-        m = FlowUNetDenoiser(UNet(**cfg["net"]), size=cfg.get("size", 16), name=name or cfg.get("name", path.stem),
-                             t_min=cfg.get("t_min", 1e-3), t_max=cfg.get("t_max", 0.999))
-        m.load_state_dict(load_state_dict(path))
-    except (RuntimeError, TypeError, KeyError) as e:
-        raise ScheduleLabError(f"checkpoint {path} does not match the flow UNet it describes: "
-                               f"{state_dict_mismatch(e)}; re-train it with "
-                               "`python -m core train-images digits-flow`") from None
-    return m.to(device).eval().requires_grad_(False)
+    return rebuild(path, lambda c: FlowUNetDenoiser(
+        UNet(**c["net"]), size=c.get("size", 16), name=name or c.get("name", path.stem),
+        t_min=c.get("t_min", 1e-3), t_max=c.get("t_max", 0.999)),
+        "flow UNet", "python -m core train-images digits-flow", device)
 
 
 def load_digits_flow_model(device="cpu") -> FlowUNetDenoiser:

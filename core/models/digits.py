@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from core.errors import ScheduleLabError
 from core.models.base import Denoiser, EDMPrecond
 from core.models.checkpoints import CHECKPOINTS, read_metadata, rebuild

@@ -53,6 +53,15 @@ def available_text() -> str:
 THREADS_ENV = "SCHEDULE_LAB_THREADS"
 
 
+def set_threads(n, flag: str = "--threads") -> None:
+    """torch.set_num_threads(n) for a CLI's `flag`; None leaves torch's default; n < 1 is an error."""
+    if n is None:
+        return
+    if int(n) != n or n < 1:
+        raise ScheduleLabError(f"{flag} must be a whole number >= 1; got {n}")
+    torch.set_num_threads(int(n))
+
+
 def app_threads(environ=None) -> int:
     """Torch CPU threads for the app: $SCHEDULE_LAB_THREADS, default 1.
 

@@ -117,14 +117,10 @@ def parse_max_iters(text):
 
 
 def run(a) -> int:
-    import torch
-    from core.device import resolve_device
+    from core.device import resolve_device, set_threads
     from core.optimizers.distributed import Partition, init_from_env, shutdown
 
-    if a.threads is not None:
-        if a.threads < 1:
-            raise ScheduleLabError(f"--threads must be >= 1; got {a.threads}")
-        torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     device = resolve_device(a.device)
     part = init_from_env(str(device)) if a.distributed else Partition.single()
     try:

@@ -42,12 +42,9 @@ def add_arguments(p):
 
 def load(a, device):
     """(Denoiser, label) for --toy T [--model exact|mlp] or --model SPEC (no data is loaded); sets --threads."""
-    import torch
+    from core.device import set_threads
     threads = a.threads if a.threads is not None else (1 if a.toy is not None else None)
-    if threads is not None:
-        if threads < 1:
-            raise ScheduleLabError(f"--threads must be >= 1; got {threads}")
-        torch.set_num_threads(threads)
+    set_threads(threads)
     if a.toy is not None:
         from core.cli.model_args import toy_model_and_data
         if a.model not in (None, "exact", "mlp"):

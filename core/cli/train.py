@@ -47,16 +47,12 @@ def register_toy(sub):
 def _train_toy(a):
     from pathlib import Path
 
-    import torch
-
     from core.train.toy import TOY_MLP_DIR, default_path, write_card
     from toy_data import TOYS, get_toy
     if a.name != "all" and a.name not in TOYS and not Path(a.name).is_file():
         raise unknown_name("toy", a.name, TOYS + ("all", "FILE.json"))
-    if a.threads is not None:
-        if a.threads < 1:
-            raise ScheduleLabError(f"--threads must be >= 1; got {a.threads}")
-        torch.set_num_threads(a.threads)
+    from core.device import set_threads
+    set_threads(a.threads)
     toys = list(TOYS) if a.name == "all" else [a.name]
     out = Path(a.out) if a.out else None
     if out is not None and out.suffix == ".safetensors":
@@ -135,14 +131,10 @@ def register_images(sub):
 
 
 def _train_images(a):
-    import torch
-
     if a.name not in IMAGE_MODELS:
         raise unknown_name("image model", a.name, IMAGE_MODELS)
-    if a.threads is not None:
-        if a.threads < 1:
-            raise ScheduleLabError(f"--threads must be >= 1; got {a.threads}")
-        torch.set_num_threads(a.threads)
+    from core.device import set_threads
+    set_threads(a.threads)
     over = {k: v for k, v in (("batch", a.batch), ("lr", a.lr), ("shift_prob", a.shift_prob))
             if v is not None}
 

@@ -57,16 +57,12 @@ def register(sub):
 
 
 def run(a) -> int:
-    import torch
     from tqdm import tqdm
 
-    from core.device import resolve_device
+    from core.device import resolve_device, set_threads
     from core.tune import Tuner
 
-    if a.threads is not None:
-        if a.threads < 1:
-            raise ScheduleLabError(f"--threads must be >= 1; got {a.threads}")
-        torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     out = Path(a.out)
     from core.optimizers.resume import check_writable, claim_state_path
     check_writable(out, "--out")

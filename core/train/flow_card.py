@@ -101,7 +101,7 @@ def _contention(tr: dict, busy: float) -> str:
     return f"the run had its {tr['threads']} core(s) to itself; {why}."
 
 
-def write_flow_card(folder=None, n: int = 1000, seeds=(0, 1), cond_n: int = 500) -> Path:
+def write_flow_card(folder=None, n: int = 1000, seeds=(0, 1, 2, 3, 4), cond_n: int = 500) -> Path:
     """(Re)write CARD.md, samples.png (w = 3, 10 per class) and card.json in checkpoints/digits-flow/."""
     from core.images_io import save_grid
     from core.models.checkpoints import read_metadata

@@ -60,11 +60,11 @@ def test_a_tune_that_no_optimizer_won_offers_its_best_optimizer_as_having_lost(t
 
 
 def test_digits_flow_ships_a_tune_result_that_beat_its_best_heuristic():
-    """checkpoints/digits-flow/schedules/tune_dpmpp_2m_10.json: OSS, held-out ref 0.0281 against time_quadratic's
-    0.0455 (README there); offered first for dpmpp_2m at 10 steps."""
+    """checkpoints/digits-flow/schedules/tune_dpmpp_2m_10.json: OSS, held-out ref 0.0345 against time_quadratic's
+    0.0519 (README there); offered first for dpmpp_2m at 10 steps."""
     k = known_schedules("digits-flow", "dpmpp_2m", 10)[0][0]
     assert k.beat_heuristic is True and k.solver == "dpmpp_2m" and k.steps_made == 10
-    assert k.params["method"] == "oss" and k.params["heldout_mean"] == pytest.approx(0.0281, abs=1e-4)
+    assert k.params["method"] == "oss" and k.params["heldout_mean"] == pytest.approx(0.0345, abs=1e-4)
 
 
 def test_provenance_messages():

@@ -301,14 +301,14 @@ def main(argv=None):
     if args.quick:
         args.n, args.batches, args.solvers, args.nfe = 1024, 3, "dpmpp_2m", "6,10"
     if args.merge:
-        runs, rows, settings = [], [], []
+        runs, rows, settings, sources = [], [], [], []
         for name in args.merge.split(","):
             d = json.loads((Path(__file__).parent / "results" / f"{name}.json").read_text())
-            runs, rows = runs + d["runs"], rows + d["methods"]
+            runs, rows, sources = runs + d["runs"], rows + d["methods"], sources + d.get("merged_from", [name])
             settings += d["settings"] if isinstance(d["settings"], list) else [d["settings"]]
         runs, rows = merge_cells(runs, rows)
         match = [m for g in sorted({(r["model"], r["solver"]) for r in rows}) for m in steps_to_match(rows, *g)]
-        write(args.out, {"settings": settings, "merged_from": args.merge.split(","), "runs": runs, "methods": rows,
+        write(args.out, {"settings": settings, "merged_from": sources, "runs": runs, "methods": rows,
                          "steps_to_match": match,
                          "one_and_a_half": [o for g in sorted({(r["model"], r["solver"]) for r in rows})
                                             for o in one_and_a_half(rows, *g)]})

@@ -72,9 +72,10 @@ class ModelChoice:
     sigma_max: float
 
 
-def resolve_model(a, device, fits: str = "the schedule") -> ModelChoice:
+def resolve_model(a, device, fits: str = "the schedule", loaded=None) -> ModelChoice:
     """--toy TOY [--model exact|mlp] or --model SPEC [--data D --weights W --param K=V]; for an image model
-    prints where its data came from (and that `fits` then fits the model's own samples, not data)."""
+    prints where its data came from (and that `fits` then fits the model's own samples, not data).
+    loaded: --model SPEC already loaded by the caller (not loaded again)."""
     if a.toy is not None:
         if a.model not in (None, "exact", "mlp"):
             raise ScheduleLabError(f"with --toy, --model is exact or mlp; got {a.model!r}")
@@ -87,7 +88,9 @@ def resolve_model(a, device, fits: str = "the schedule") -> ModelChoice:
         from core.cli import parse_params
         from core.models.registry import load_model, model_data
         from core.models.user_model import OwnSamplesWarning
-        model = apply_guidance(load_model(a.model, device, weights=a.weights, params=parse_params(a.param)), a)
+        if loaded is None:
+            loaded = load_model(a.model, device, weights=a.weights, params=parse_params(a.param))
+        model = apply_guidance(loaded, a)
         solver, steps = _own_sampler(getattr(a, "own_samples", None))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OwnSamplesWarning)          # printed below, once

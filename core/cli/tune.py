@@ -75,9 +75,10 @@ def run(a) -> int:
         if bak is not None:
             print(f"--force: the old state {state} is kept as {bak}", file=sys.stderr)
             state.unlink()
-    mc, points = _user_2d(a, resolve_device(a.device))
+    device = resolve_device(a.device)
+    mc, points, loaded = _user_2d(a, device)
     if mc is None:
-        mc = resolve_model(a, resolve_device(a.device), "tune")
+        mc = resolve_model(a, device, "tune", loaded=loaded)
     t = Tuner(mc.model, a.solver, a.steps, methods=a.methods, budget_s=a.budget_s, seed=a.seed,
               data=mc.data, metric=a.metric, state_path=state, spec=None if mc.toy else a.model, n=a.n,
               batches=a.batches, ref_steps=a.ref_steps, require_significant=not a.mean_only,
@@ -102,11 +103,11 @@ def run(a) -> int:
 
 
 def _user_2d(a, device):
-    """--model module.py:Class of a 2-D (1-d event) network: (ModelChoice, data points or None), its data
-    the mixture given as --toy MIXTURE.json (nll, swd) and / or the points of --data (swd to them);
-    (None, None) for every other model (resolve_model handles it)."""
+    """--model module.py:Class of a 2-D (1-d event) network: (ModelChoice, data points or None, model), its
+    data the mixture given as --toy MIXTURE.json (nll, swd) and / or the points of --data (swd to them);
+    (None, None, the loaded model or None) for every other model (resolve_model handles it)."""
     if a.model is None or a.model in ("exact", "mlp") or ":" not in a.model:
-        return None, None
+        return None, None, None
     from core.cli import parse_params
     from core.cli.model_args import ModelChoice
     from core.models.registry import load_model
@@ -116,7 +117,7 @@ def _user_2d(a, device):
         if a.toy is not None:
             raise ScheduleLabError(f"--toy is a 2-D mixture; {a.model} makes samples of shape "
                                    f"{tuple(model.event_shape)} (an image model: give --data images or nothing)")
-        return None, None
+        return None, None, model
     if a.label is not None or a.cfg is not None:
         raise ScheduleLabError("--label / --cfg: tune on your own 2-D network is unconditional")
     if a.toy is None and a.data is None:
@@ -134,7 +135,7 @@ def _user_2d(a, device):
           f"{'points ' + str(a.data) + ' (' + str(len(pts)) + ', swd)' if pts is not None else ''}", file=sys.stderr)
     lo, hi = model.sigma_min, model.sigma_max
     return ModelChoice(model, mix if mix is not None else pts, True, lo if a.sigma_min is None else a.sigma_min,
-                       hi if a.sigma_max is None else a.sigma_max), (pts if mix is not None else None)
+                       hi if a.sigma_max is None else a.sigma_max), (pts if mix is not None else None), model
 
 
 def _text(res, out) -> str:

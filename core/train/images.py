@@ -151,7 +151,8 @@ def _save(ema, out: Path, cfg: dict, seed: int, step: int, seconds: float,
     """Atomically write the EMA weights with their config and training record (`seconds` is
     wall time, `cpu_seconds` the process CPU time: on a shared machine the latter measures cost;
     `asked`: the run's --steps and --minutes caps, so a card can name the command)."""
-    record = {"steps": step, "max_steps": asked[0], "budget_minutes": asked[1], "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
+    record = {"steps": step, "max_steps": asked[0], "budget_minutes": asked[1], "seconds": round(seconds, 1),
+              "cpu_seconds": round(cpu_seconds, 1),
               "seconds_per_step": round(seconds / max(step, 1), 4), "seed": seed,
               "threads": torch.get_num_threads(), "finished": not partial,
               "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},

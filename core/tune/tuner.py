@@ -96,14 +96,16 @@ def _points_data(data, points):
     and points the sampler swd compares with (None: the mixture's own samples).  Data points may come as
     data= or points= (an [M, 2] tensor / array, or ImageData from --data)."""
     from core.models.user_model import ImageData
-    if points is not None and not isinstance(points, ImageData):
-        points = ImageData(torch.as_tensor(np.asarray(points), dtype=torch.float32), "points", False)
+
+    def as_points(v):
+        return v if isinstance(v, ImageData) else ImageData(torch.as_tensor(np.asarray(v), dtype=torch.float32),
+                                                            "points", False)
+    if points is not None:
+        points = as_points(points)
     if data is not None and not hasattr(data, "log_prob"):
         if points is not None:
             raise ScheduleLabError("give the data points once (data= or points=), and a mixture as data= for nll")
-        if not isinstance(data, ImageData):
-            data = ImageData(torch.as_tensor(np.asarray(data), dtype=torch.float32), "points", False)
-        data, points = data, data
+        data = points = as_points(data)
     if data is None and points is not None:
         data = points
     if data is None:

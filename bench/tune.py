@@ -209,6 +209,11 @@ def one_and_a_half(rows, label, solver):
     return out
 
 
+def per_group(table, rows) -> list:
+    """table(rows, model, solver) for each (model, solver) of the rows, in order, concatenated."""
+    return [o for g in sorted({(r["model"], r["solver"]) for r in rows}) for o in table(rows, *g)]
+
+
 def merge_cells(runs, rows):
     """Runs and method rows of several result files, one per cell: a method row measured later replaces
     an earlier one of the same model, solver, NFE and method unless it was not run; a cell's run summary
@@ -251,8 +256,7 @@ def _save(args, runs, rows, match):
     write(args.out, {"settings": settings + [{k: v for k, v in vars(args).items() if k != "_old"}],
                      "runs": old["runs"] + runs, "methods": old["methods"] + rows,
                      "steps_to_match": old["steps_to_match"] + match,
-                     "one_and_a_half": [o for g in sorted({(r["model"], r["solver"]) for r in rows})
-                                        for o in one_and_a_half(rows, *g)]})
+                     "one_and_a_half": per_group(one_and_a_half, rows)})
 
 
 def print_tables(runs, rows, match, models_=None):
@@ -269,8 +273,7 @@ def print_tables(runs, rows, match, models_=None):
                         "wins", "reason"],
                 "optimizers: held-out metric, paired difference to the best heuristic, distance to the reference"))
     print(table(match, list(match[0]) if match else [], "steps to match (NFE)"))
-    groups = sorted({(r["model"], r["solver"]) for r in rows if models_ is None or r["model"] in models_})
-    oh = [o for g in groups for o in one_and_a_half(rows, *g)]
+    oh = per_group(one_and_a_half, [r for r in rows if models_ is None or r["model"] in models_])
     if oh:
         print(table(oh, list(oh[0]), "method at n steps vs the best heuristic at 1.5 n (same held-out noise)"))
 
@@ -307,11 +310,10 @@ def main(argv=None):
             runs, rows, sources = runs + d["runs"], rows + d["methods"], sources + d.get("merged_from", [name])
             settings += d["settings"] if isinstance(d["settings"], list) else [d["settings"]]
         runs, rows = merge_cells(runs, rows)
-        match = [m for g in sorted({(r["model"], r["solver"]) for r in rows}) for m in steps_to_match(rows, *g)]
+        match = per_group(steps_to_match, rows)
         write(args.out, {"settings": settings, "merged_from": sources, "runs": runs, "methods": rows,
                          "steps_to_match": match,
-                         "one_and_a_half": [o for g in sorted({(r["model"], r["solver"]) for r in rows})
-                                            for o in one_and_a_half(rows, *g)]})
+                         "one_and_a_half": per_group(one_and_a_half, rows)})
     else:
         runs, rows, match = run(args)
         if args.part:
